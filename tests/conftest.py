@@ -1,0 +1,30 @@
+"""Shared fixtures: every user path points into a temporary folder; a tiny random model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """No test reads or writes the real ~/.cache/mlx-partner, or sees a real API key."""
+    home = tmp_path_factory.mktemp("partner-home")
+    monkeypatch.setenv("MLX_PARTNER_HOME", str(home))
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL", "MLX_PARTNER_WORKSPACE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in list(__import__("os").environ):
+        if name.startswith("MLX_PARTNER_") and name not in ("MLX_PARTNER_HOME", "MLX_PARTNER_FAST_BLAS"):
+            monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random llama model folder (ChatML template) that mlx-lm loads, trains and fuses."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-chatml", template="chatml")
