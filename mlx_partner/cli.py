@@ -129,6 +129,35 @@ def init(app: App, directory: Path | None) -> None:
 
 # --- sources -----------------------------------------------------------------------------------
 
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print documents, batches and skipped files as JSON.")
+@click.option("--token-budget", type=click.IntRange(min=1), help="Largest batch sent in one request, in estimated tokens.")
+@click.option("--themes", type=click.IntRange(min=0), help="Number of automatic themes for unthemed documents (0 = choose).")
+@click.option("--seed", type=int, help="Seed for the automatic themes.")
+@pass_app
+def sources(app: App, as_json: bool, token_budget: int | None, themes: int | None, seed: int | None) -> None:
+    """List your documents, their themes and batches, and the files left out.
+
+    A subfolder of sources/ or a front-matter `theme:` names a document's theme; the others
+    are grouped by content. Status is new, changed or unchanged since the last `generate`.
+
+    \b
+    Example:
+      mlx-partner sources
+      mlx-partner sources --json | jq '.batches[].id'
+    """
+    import json
+
+    from .sources import format_report, survey
+
+    settings = app.settings.override("sources", token_budget=token_budget, themes=themes, seed=seed).sources
+    report = survey(app.workspace, settings.token_budget, seed=settings.seed, themes=settings.themes)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_report(report))
+
 # --- generate ----------------------------------------------------------------------------------
 
 # --- dataset -----------------------------------------------------------------------------------
