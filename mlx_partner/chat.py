@@ -1,0 +1,446 @@
+"""Talking to the partner: which model to load, and a chat session that reuses its KV cache.
+
+`resolve_target` decides what `mlx-partner chat` talks to: the fused model of the latest (or a
+named) run when `fuse` has made one, else the base model with the run's adapters, or the untuned
+base (`--base`) or any model folder (`--model`) to compare. Every target carries the exact system
+prompt the run was trained with.
+
+`ChatSession` is the model-facing half, free of terminal I/O: `ask(text)` streams the reply's
+text pieces and keeps the history. Across turns it keeps one KV cache: each turn renders the
+whole conversation through the same chat template as training, keeps the cached tokens that are a
+prefix of it, and prefills only the rest. When the conversation outgrows the context window the
+oldest turns are dropped (the system prompt always stays).
+
+The REPL around it lives in `run_repl`; `cli.py` only parses flags and calls it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError, PartnerError, TrainingError
+from .workspace import Workspace, atomic_write_text
+
+# --- what to talk to ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatTarget:
+    """A model to load (plus optional adapters), the system prompt it was trained with, a label."""
+
+    model: str  # a model folder or reference, as models.load_model takes it
+    adapter_path: Path | None
+    system_prompt: str
+    label: str  # for the header and transcripts, e.g. "run 20261125-1712 (fused)"
+    run_name: str | None = None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _run_system_prompt(run_dir: Path, manifest: dict[str, Any]) -> str:
+    """The system prompt a run was trained with: its saved copy, else the manifest's."""
+    text = _read_text(run_dir / "system_prompt.txt")
+    if text is None:
+        text = manifest.get("system_prompt")
+    if text is None:
+        raise ModelError(
+            f"Run {run_dir.name} does not record its system prompt ({run_dir / 'system_prompt.txt'} is missing); "
+            f"train it again with `mlx-partner train`."
+        )
+    return text
+
+
+def _workspace_system_prompt(ws: Workspace) -> str:
+    from .dataset import load_system_prompt
+
+    return load_system_prompt(ws)
+
+
+def no_run_message(ws: Workspace) -> str:
+    return (
+        f"There is no trained partner in {ws.root} yet; run `mlx-partner train` first "
+        f"(or `mlx-partner demo` to try the built-in example)."
+    )
+
+
+def _find_run(ws: Workspace, name: str | None) -> tuple[Path, dict[str, Any]]:
+    from .train import find_run, read_manifest
+
+    try:
+        run_dir = find_run(ws, name)
+    except TrainingError:
+        if name is None:
+            raise ModelError(no_run_message(ws)) from None
+        raise
+    return run_dir, read_manifest(run_dir)
+
+
+def resolve_target(ws: Workspace, *, run: str | None = None, model: str | None = None,
+                   base: bool = False, base_model: str | None = None) -> ChatTarget:
+    """What `chat` talks to, given its flags (at most one of run/model/base matters; see cli)."""
+    if model is not None:
+        path = Path(model).expanduser()
+        prompt = _read_text(path / "system_prompt.txt") if path.is_dir() else None
+        if prompt is None:
+            prompt = _workspace_system_prompt(ws)
+        return ChatTarget(str(model), None, prompt, f"model {model}")
+    if base:
+        try:
+            run_dir, manifest = _find_run(ws, run)
+        except ModelError:
+            if run is not None or base_model is None:
+                raise
+            # No run yet: the configured base model, with the workspace's system prompt.
+            return ChatTarget(base_model, None, _workspace_system_prompt(ws), f"base model {base_model}")
+        ref = manifest.get("base_model_path") or manifest.get("base_model")
+        if not ref:
+            raise ModelError(f"The manifest of run {run_dir.name} does not name its base model.")
+        label = f"base model {manifest.get('base_model') or ref} (untuned, as in run {run_dir.name})"
+        return ChatTarget(str(ref), None, _run_system_prompt(run_dir, manifest), label, run_dir.name)
+    run_dir, manifest = _find_run(ws, run)
+    fused = ws.models_dir / run_dir.name
+    if (fused / "config.json").exists():
+        prompt = _read_text(fused / "system_prompt.txt") or _run_system_prompt(run_dir, manifest)
+        return ChatTarget(str(fused), None, prompt, f"run {run_dir.name} (fused model)", run_dir.name)
+    ref = manifest.get("base_model_path") or manifest.get("base_model")
+    if not ref:
+        raise ModelError(f"The manifest of run {run_dir.name} does not name its base model.")
+    return ChatTarget(str(ref), run_dir, _run_system_prompt(run_dir, manifest),
+                      f"run {run_dir.name} (base + adapters)", run_dir.name)
+
+
+# --- the session -------------------------------------------------------------------------------
+
+
+def context_window(config: dict[str, Any], max_kv_size: int = 0) -> int:
+    """Tokens the session may keep: the setting if given, else the model's trained window."""
+    if max_kv_size and max_kv_size > 0:
+        return max_kv_size
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = config.get(key) or (config.get("text_config") or {}).get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 4096
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class TurnStats:
+    """Numbers about the last reply: what was prefilled, how fast, and why it stopped."""
+
+    prompt_tokens: int = 0  # the whole rendered conversation
+    prefill_tokens: int = 0  # of those, the ones actually run through the model this turn
+    reused_tokens: int = 0  # taken from the KV cache
+    generated_tokens: int = 0
+    time_to_first_token: float = 0.0  # seconds from ask() to the first text piece
+    generation_tps: float = 0.0
+    finish_reason: str | None = None  # "stop", "length" or "interrupted"
+
+
+@dataclass
+class ChatSession:
+    """A conversation with one loaded model: history, a reusable KV cache, sampling settings."""
+
+    model: Any
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    system_prompt: str
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_tokens: int = 512
+    window: int = 4096  # context tokens kept; see context_window()
+    seed: int = 0
+    history: list[tuple[str, str]] = field(default_factory=list)  # (question, answer)
+    stats: TurnStats = field(default_factory=TurnStats)
+    total_prefill_tokens: int = 0
+    trimmed_turns: int = 0  # oldest turns dropped to fit the window, in all
+    _cache: list[Any] | None = None
+    _cached: list[int] = field(default_factory=list)  # the tokens whose keys/values are in _cache
+    _notices: list[str] = field(default_factory=list)
+    _trim_told: bool = False
+
+    def __post_init__(self) -> None:
+        import mlx.core as mx
+
+        mx.random.seed(self.seed)
+        if self.max_tokens >= self.window:
+            raise PartnerError(
+                f"max_tokens ({self.max_tokens}) must be smaller than the context window ({self.window}); "
+                f"lower --max-tokens or raise max_kv_size."
+            )
+
+    # -- rendering
+
+    def messages(self, turns: list[tuple[str, str]], question: str | None) -> list[dict[str, str]]:
+        """The conversation as chat messages, built exactly as the training examples are."""
+        from .dataset import chat_messages
+
+        pairs: list[tuple[str, str | None]] = list(turns)
+        if question is not None:
+            pairs.append((question, None))
+        return chat_messages(self.system_prompt, pairs, self.tokenizer)
+
+    def encode(self, turns: list[tuple[str, str]], question: str) -> list[int]:
+        from .dataset import render_prompt
+
+        text = render_prompt(self.tokenizer, self.messages(turns, question), True)
+        # As mlx-lm's stream_generate does: add BOS unless the template already wrote it.
+        bos = getattr(self.tokenizer, "bos_token", None)
+        add_special = bos is None or not text.startswith(bos)
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+
+    def _fit(self, question: str) -> list[int]:
+        """Tokens of the conversation plus `question`, dropping the oldest turns to fit the window."""
+        budget = self.window - self.max_tokens
+        while True:
+            tokens = self.encode(self.history, question)
+            if len(tokens) <= budget:
+                return tokens
+            if not self.history:
+                raise PartnerError(
+                    f"This message is {len(tokens)} tokens with the system prompt, more than the "
+                    f"{budget} the context window leaves after max_tokens={self.max_tokens}; shorten it."
+                )
+            self.history.pop(0)
+            self.trimmed_turns += 1
+            if not self._trim_told:
+                self._trim_told = True
+                self._notices.append(
+                    f"(The conversation is longer than the context window of {self.window} tokens; "
+                    f"the oldest turns are being dropped from now on.)"
+                )
+
+    def pop_notices(self) -> list[str]:
+        """Messages for the user (e.g. that old turns are being dropped), each given once."""
+        out, self._notices = self._notices, []
+        return out
+
+    # -- generation
+
+    def sampler(self) -> Callable[..., Any]:
+        from mlx_lm.sample_utils import make_sampler
+
+        return make_sampler(temp=self.temperature, top_p=self.top_p if self.temperature > 0 else 0.0)
+
+    def _prepare_cache(self, tokens: list[int]) -> list[int]:
+        """Reuse the cached prefix of `tokens`; return the suffix that must still be prefilled."""
+        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+
+        keep = common_prefix(self._cached, tokens) if self._cache is not None else 0
+        keep = min(keep, len(tokens) - 1)  # at least one token must go through the model
+        if self._cache is not None and keep > 0:
+            extra = len(self._cached) - keep
+            if extra and trim_prompt_cache(self._cache, extra) != extra:
+                keep = 0  # this cache cannot be cut back: start over
+        if self._cache is None or keep == 0:
+            self._cache = make_prompt_cache(self.model)
+            keep = 0
+        self._cached = tokens[:keep]
+        return tokens[keep:]
+
+    def _cache_offset(self) -> int | None:
+        if not self._cache:
+            return None
+        offset = getattr(self._cache[0], "offset", None)
+        return offset if isinstance(offset, int) else None
+
+    def _settle_cache(self) -> None:
+        """Make the bookkeeping match what the cache really holds (after an interrupt, say)."""
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        offsets = {getattr(c, "offset", None) for c in self._cache or []}
+        if len(offsets) > 1:  # stopped between layers: the layers disagree, so start over
+            self._cache, self._cached = None, []
+            return
+        offset = self._cache_offset()
+        if offset is None or offset == len(self._cached):
+            return
+        if offset < len(self._cached):
+            self._cached = self._cached[:offset]
+        elif trim_prompt_cache(self._cache, offset - len(self._cached)) != offset - len(self._cached):
+            self._cache, self._cached = None, []
+
+    def ask(self, question: str) -> Iterator[str]:
+        """Stream the reply to `question` as text pieces; the turn joins the history when done.
+
+        Closing the iterator early (Ctrl-C in the REPL) keeps the partial reply in the history
+        and the cache consistent, so the conversation goes on.
+        """
+        from mlx_lm.generate import stream_generate
+
+        start = time.perf_counter()
+        tokens = self._fit(question)
+        suffix = self._prepare_cache(tokens)
+        self.stats = TurnStats(prompt_tokens=len(tokens), prefill_tokens=len(suffix),
+                               reused_tokens=len(tokens) - len(suffix))
+        self.total_prefill_tokens += len(suffix)
+        self._cached = list(tokens)
+        pieces: list[str] = []
+        finish = "interrupted"
+        try:
+            for response in stream_generate(
+                self.model, self.tokenizer, suffix, max_tokens=self.max_tokens,
+                sampler=self.sampler(), prompt_cache=self._cache,
+            ):
+                self._cached.append(int(response.token))
+                self.stats.generated_tokens = response.generation_tokens
+                self.stats.generation_tps = response.generation_tps
+                if response.finish_reason is not None:
+                    finish = response.finish_reason
+                if response.text:
+                    if not pieces:
+                        self.stats.time_to_first_token = time.perf_counter() - start
+                    pieces.append(response.text)
+                    yield response.text
+        finally:
+            self.stats.finish_reason = finish
+            self._settle_cache()
+            self.history.append((question, "".join(pieces).strip()))
+
+    def reply(self, question: str) -> str:
+        """The whole reply at once."""
+        return "".join(self.ask(question))
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays) and empty the cache."""
+        self.history.clear()
+        self._cache, self._cached = None, []
+        self._trim_told = False
+
+
+def open_session(target: ChatTarget, *, temperature: float, top_p: float, max_tokens: int,
+                 max_kv_size: int = 0, seed: int = 0, workspace_root: Path | None = None) -> tuple[ChatSession, Any]:
+    """Load the target's model and start a session; returns (session, LoadedModel)."""
+    from .models import load_model
+
+    loaded = load_model(target.model, adapter_path=target.adapter_path, workspace_root=workspace_root)
+    session = ChatSession(
+        loaded.model, loaded.tokenizer, target.system_prompt, temperature=temperature, top_p=top_p,
+        max_tokens=max_tokens, window=context_window(loaded.config, max_kv_size), seed=seed,
+    )
+    return session, loaded
+
+
+# --- transcripts -------------------------------------------------------------------------------
+
+
+def transcript_markdown(session: ChatSession, label: str) -> str:
+    """The conversation as Markdown: a heading, the system prompt, then each turn."""
+    lines = [f"# Chat with {label}", "", f"_{time.strftime('%Y-%m-%d %H:%M')}_", "", "## System prompt", "",
+             session.system_prompt.strip(), ""]
+    if session.trimmed_turns:
+        lines += [f"_({session.trimmed_turns} earlier turn(s) no longer fit the context window and are not shown.)_", ""]
+    for question, answer in session.history:
+        lines += ["## You", "", question.strip(), "", "## Partner", "", answer.strip(), ""]
+    return "\n".join(lines)
+
+
+def save_transcript(session: ChatSession, label: str, path: Path) -> Path:
+    path = Path(path).expanduser()
+    atomic_write_text(path, transcript_markdown(session, label))
+    return path
+
+
+# --- the REPL ----------------------------------------------------------------------------------
+
+HELP = """Commands:
+  /help        this list
+  /reset       forget the conversation (the system prompt stays)
+  /save FILE   write the conversation to FILE as Markdown
+  /system      show the system prompt
+  /temp X      set the sampling temperature (0 = greedy)
+  /quit        leave (Ctrl-D works too)
+Ctrl-C stops a reply without leaving."""
+
+
+def handle_command(session: ChatSession, label: str, line: str, say: Callable[[str], None]) -> bool:
+    """Run one /command; return False when the REPL should end."""
+    name, _, arg = line.strip().partition(" ")
+    arg = arg.strip()
+    name = name.lower()
+    if name in ("/quit", "/exit", "/q"):
+        return False
+    if name in ("/help", "/?"):
+        say(HELP)
+    elif name == "/reset":
+        session.reset()
+        say("(Conversation cleared.)")
+    elif name == "/system":
+        say(session.system_prompt)
+    elif name == "/save":
+        if not arg:
+            say("Usage: /save FILE  (e.g. /save chat.md)")
+        else:
+            try:
+                path = save_transcript(session, label, Path(arg))
+            except PartnerError as exc:
+                say(str(exc))
+            else:
+                say(f"(Saved {len(session.history)} turn(s) to {path}.)")
+    elif name == "/temp":
+        try:
+            value = float(arg)
+            if value < 0:
+                raise ValueError
+        except ValueError:
+            say(f"Usage: /temp X with X a number >= 0 (now {session.temperature:g}).")
+        else:
+            session.temperature = value
+            say(f"(Temperature {value:g}{', greedy' if value == 0 else ''}.)")
+    else:
+        say(f"Unknown command {name}; /help lists them.")
+    return True
+
+
+def run_repl(session: ChatSession, label: str) -> None:
+    """Read questions, stream answers, until /quit or end of input. Terminal I/O lives here."""
+    import click
+
+    def say(text: str) -> None:
+        click.echo(click.style(text, dim=True) if text.startswith("(") else text)
+
+    click.echo(click.style(f"Chatting with {label}. /help for commands, /quit to leave.", dim=True), err=True)
+    while True:
+        try:
+            line = click.prompt(click.style(">>>", fg="green", bold=True), default="", show_default=False,
+                                prompt_suffix=" ")
+        except (click.Abort, EOFError):
+            click.echo("")
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):
+            if not handle_command(session, label, line, say):
+                break
+            continue
+        stream = session.ask(line)
+        try:
+            for piece in stream:
+                click.echo(piece, nl=False)
+        except KeyboardInterrupt:
+            stream.close()
+            click.echo(click.style(" [stopped]", dim=True), nl=False)
+        except PartnerError as exc:
+            stream.close()
+            click.echo(str(exc), err=True)
+            continue
+        click.echo("")
+        for note in session.pop_notices():
+            click.echo(click.style(note, fg="yellow"), err=True)

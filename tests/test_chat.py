@@ -1,0 +1,286 @@
+"""Chat: the session (KV-cache reuse, trimming, interrupts, reset) and the REPL through CliRunner."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_partner.chat import (
+    ChatSession,
+    ChatTarget,
+    common_prefix,
+    context_window,
+    handle_command,
+    resolve_target,
+    transcript_markdown,
+)
+from mlx_partner.cli import cli
+from mlx_partner.errors import ModelError, PartnerError
+from mlx_partner.workspace import Workspace
+
+SYSTEM = "You are Oona, an essayist. Answer in her voice, briefly."
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    from mlx_partner.models import load_model
+
+    return load_model(tiny_model)
+
+
+def session(loaded, **kw) -> ChatSession:
+    opts = {"temperature": 0.0, "max_tokens": 12, "window": 2048}
+    opts.update(kw)
+    return ChatSession(loaded.model, loaded.tokenizer, SYSTEM, **opts)
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "a, b, n",
+    [([], [1], 0), ([1, 2, 3], [1, 2, 3, 4], 3), ([1, 2, 3], [1, 9, 3], 1), ([5], [6], 0), ([1, 2], [1, 2], 2)],
+)
+def test_common_prefix(a, b, n):
+    assert common_prefix(a, b) == n
+
+
+@pytest.mark.parametrize(
+    "config, setting, window",
+    [({"max_position_embeddings": 8192}, 0, 8192), ({"max_position_embeddings": 8192}, 512, 512),
+     ({}, 0, 4096), ({"text_config": {"max_position_embeddings": 1024}}, 0, 1024)],
+)
+def test_context_window(config, setting, window):
+    assert context_window(config, setting) == window
+
+
+# --- the session -------------------------------------------------------------------------------
+
+
+def test_second_turn_prefills_only_the_new_part(loaded):
+    s = session(loaded)
+    first = s.reply("What is bread for?")
+    turn1 = s.stats
+    assert turn1.prefill_tokens == turn1.prompt_tokens > 0
+    assert turn1.generated_tokens == 12 and turn1.finish_reason == "length"
+    cached_after_turn1 = list(s._cached)
+    assert s._cache_offset() == len(cached_after_turn1) == turn1.prompt_tokens + 12
+
+    s.reply("And what about streets?")
+    turn2 = s.stats
+    full = s.encode([("What is bread for?", first)], "And what about streets?")
+    assert turn2.prompt_tokens == len(full)
+    # Everything the cache shares with the new rendering is reused; only the rest is prefilled.
+    assert turn2.reused_tokens == common_prefix(cached_after_turn1, full) >= turn1.prompt_tokens
+    assert turn2.prefill_tokens == len(full) - turn2.reused_tokens < len(full)
+    assert s.total_prefill_tokens == turn1.prefill_tokens + turn2.prefill_tokens
+    assert len(s.history) == 2
+
+
+def test_cached_turn_gives_the_same_answer_as_a_fresh_prefill(loaded):
+    s = session(loaded)
+    first = s.reply("What is bread for?")
+    cached = s.reply("And what about streets?")
+    fresh = session(loaded)
+    fresh.history = [("What is bread for?", first)]
+    assert fresh.reply("And what about streets?") == cached
+    assert fresh.stats.reused_tokens == 0
+
+
+def test_a_template_that_rerenders_differently_falls_back(loaded):
+    s = session(loaded)
+    s.reply("Hello there")
+    s.system_prompt = "A different system prompt changes the very first tokens."
+    s.reply("Second question")
+    assert s.stats.reused_tokens < 5  # only the shared "<|im_start|>system\n" head, at most
+    assert s._cache_offset() == len(s._cached)
+
+
+def test_reset_forgets_history_and_cache(loaded):
+    s = session(loaded)
+    s.reply("What is bread for?")
+    s.reset()
+    assert s.history == []
+    s.reply("What is bread for?")
+    assert s.stats.reused_tokens == 0 and s.stats.prefill_tokens == s.stats.prompt_tokens
+
+
+def test_context_trimming_drops_oldest_turns_and_says_so_once(loaded):
+    s = session(loaded, window=160, max_tokens=16)
+    notices = []
+    for i in range(8):
+        s.reply(f"Question number {i} about bread, streets and repair?")
+        notices += s.pop_notices()
+        assert s.stats.prompt_tokens + s.max_tokens <= 160
+    assert s.trimmed_turns > 0
+    assert len(notices) == 1 and "context window of 160 tokens" in notices[0]
+    assert s.history[-1][0] == "Question number 7 about bread, streets and repair?"
+    assert all("number 0 " not in q for q, _ in s.history)
+
+
+def test_a_message_too_long_for_the_window_is_a_clear_error(loaded):
+    s = session(loaded, window=64, max_tokens=16)
+    with pytest.raises(PartnerError, match="shorten it"):
+        s.reply("word " * 200)
+
+
+def test_max_tokens_must_leave_room(loaded):
+    with pytest.raises(PartnerError, match="smaller than the context window"):
+        session(loaded, window=64, max_tokens=64)
+
+
+def test_stopping_a_reply_keeps_the_partial_answer_and_a_consistent_cache(loaded):
+    s = session(loaded, max_tokens=40)
+    stream = s.ask("Tell me a long story about bread.")
+    got = [next(stream) for _ in range(3)]
+    stream.close()  # what the REPL does on Ctrl-C
+    assert s.stats.finish_reason == "interrupted"
+    assert s.history[-1] == ("Tell me a long story about bread.", "".join(got).strip())
+    assert s._cache_offset() == len(s._cached)
+    s.reply("Go on.")
+    assert s.stats.reused_tokens > 0 and s._cache_offset() == len(s._cached)
+
+
+def test_temperature_sampling_is_seeded(loaded):
+    a = session(loaded, temperature=1.0, top_p=1.0, seed=3).reply("Hi")
+    b = session(loaded, temperature=1.0, top_p=1.0, seed=3).reply("Hi")
+    assert a == b
+
+
+def test_commands(loaded, tmp_path):
+    s = session(loaded)
+    s.reply("What is bread for?")
+    out: list[str] = []
+    assert handle_command(s, "tiny", "/temp 0.3", out.append) and s.temperature == 0.3
+    assert handle_command(s, "tiny", "/temp -1", out.append) and "Usage: /temp" in out[-1]
+    assert handle_command(s, "tiny", "/system", out.append) and out[-1] == SYSTEM
+    assert handle_command(s, "tiny", f"/save {tmp_path / 'c.md'}", out.append)
+    assert "Saved 1 turn" in out[-1]
+    assert handle_command(s, "tiny", "/bogus", out.append) and "Unknown command /bogus" in out[-1]
+    assert handle_command(s, "tiny", "/help", out.append) and "/reset" in out[-1]
+    assert handle_command(s, "tiny", "/reset", out.append) and s.history == []
+    assert handle_command(s, "tiny", "/quit", out.append) is False
+
+
+def test_transcript_markdown(loaded):
+    s = session(loaded)
+    s.history = [("Q one?", "A one."), ("Q two?", "A two.")]
+    text = transcript_markdown(s, "run r1 (fused model)")
+    assert text.startswith("# Chat with run r1 (fused model)")
+    assert SYSTEM in text
+    assert text.index("Q one?") < text.index("A one.") < text.index("Q two?") < text.index("A two.")
+
+
+# --- what chat talks to ------------------------------------------------------------------------
+
+
+def test_no_run_yet_is_a_clean_message(tmp_path):
+    ws = Workspace.at(tmp_path)
+    with pytest.raises(ModelError, match="mlx-partner train"):
+        resolve_target(ws)
+    result = CliRunner().invoke(cli, ["-w", str(tmp_path), "chat", "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert "There is no trained partner" in result.output and "mlx-partner train" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_model_and_run_flags_conflict(tmp_path):
+    result = CliRunner().invoke(cli, ["-w", str(tmp_path), "chat", "--model", "x", "--base"])
+    assert result.exit_code == 2 and "--model cannot be combined" in result.output
+
+
+# --- the CLI on a model folder -----------------------------------------------------------------
+
+
+@pytest.fixture
+def model_dir(tiny_model, tmp_path) -> Path:
+    """A copy of the tiny model carrying its system prompt, as a fused model folder does."""
+    path = tmp_path / "model"
+    shutil.copytree(tiny_model, path)
+    (path / "system_prompt.txt").write_text(SYSTEM, encoding="utf-8")
+    return path
+
+
+def invoke(ws: Path, *args: str, input: str | None = None):
+    return CliRunner().invoke(cli, ["-w", str(ws), "chat", *args], input=input)
+
+
+def test_prompt_mode_prints_only_the_answer(model_dir, tmp_path, loaded):
+    result = CliRunner().invoke(
+        cli, ["-w", str(tmp_path), "chat", "--model", str(model_dir), "--prompt", "What is bread for?",
+              "--temp", "0", "--max-tokens", "10"],
+    )
+    assert result.exit_code == 0, result.stderr
+    expected = session(loaded, max_tokens=10).reply("What is bread for?")
+    assert result.stdout == expected + "\n" or result.stdout.strip() == expected.strip()
+    assert "Loading model" in result.stderr
+
+
+def test_repl_multi_turn_commands_and_save(model_dir, tmp_path):
+    transcript = tmp_path / "out" / "chat.md"
+    lines = [
+        "What is bread for?",
+        "/temp 0",
+        "And streets?",
+        "/system",
+        "/nonsense",
+        f"/save {transcript}",
+        "/reset",
+        "After the reset?",
+        "/quit",
+        "never read",
+    ]
+    result = invoke(tmp_path, "--model", str(model_dir), "--max-tokens", "8", input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.count(">>> ") >= 9
+    assert "(Temperature 0, greedy.)" in out
+    assert SYSTEM in out
+    assert "Unknown command /nonsense; /help lists them." in out
+    assert "(Saved 2 turn(s) to" in out
+    assert "(Conversation cleared.)" in out
+    assert "never read" not in out
+    saved = transcript.read_text()
+    assert "## You\n\nWhat is bread for?" in saved and "## You\n\nAnd streets?" in saved
+    assert "After the reset?" not in saved
+    assert "\x1b[" not in out  # no ANSI codes when not a terminal
+
+
+def test_repl_ends_cleanly_at_end_of_input(model_dir, tmp_path):
+    result = invoke(tmp_path, "--model", str(model_dir), "--max-tokens", "4", input="Hello\n")
+    assert result.exit_code == 0, result.output
+    assert "/help for commands" in result.output
+
+
+def test_ctrl_c_stops_a_reply_but_not_the_repl(model_dir, tmp_path, monkeypatch):
+    import mlx_partner.chat as chat
+
+    real_ask = chat.ChatSession.ask
+    calls = {"n": 0}
+
+    def ask(self, question):
+        calls["n"] += 1
+        stream = real_ask(self, question)
+        if calls["n"] == 1:  # the first reply is interrupted after one piece
+            yield next(stream)
+            raise KeyboardInterrupt
+        yield from stream
+
+    monkeypatch.setattr(chat.ChatSession, "ask", ask)
+    result = invoke(tmp_path, "--model", str(model_dir), "--max-tokens", "6",
+                    input="First?\nSecond?\n/save t.md\n/quit\n")
+    assert result.exit_code == 0, result.output
+    assert "[stopped]" in result.output
+    assert calls["n"] == 2
+    assert "(Saved 2 turn(s)" in result.output
+
+
+def test_chat_target_for_a_model_without_its_own_prompt_uses_the_workspace_prompt(tiny_model, tmp_path):
+    ws = Workspace.at(tmp_path)
+    ws.system_prompt_path.parent.mkdir(parents=True)
+    ws.system_prompt_path.write_text(SYSTEM, encoding="utf-8")
+    target = resolve_target(ws, model=str(tiny_model))
+    assert target == ChatTarget(str(tiny_model), None, SYSTEM, f"model {tiny_model}")
