@@ -166,6 +166,56 @@ def sources(app: App, as_json: bool, token_budget: int | None, themes: int | Non
 
 # --- fuse / chat / models / demo ---------------------------------------------------------------
 
+
+@cli.command()
+@click.option("--run", "run_name", metavar="NAME", help="Talk to this run instead of the latest.")
+@click.option("--model", "model_path", metavar="PATH", help="Talk to any mlx-lm model folder instead of a run.")
+@click.option("--base", is_flag=True, help="Talk to the untuned base model of the run, to compare.")
+@click.option("-p", "--prompt", "prompt", metavar="TEXT", help="Answer this one question and exit (stdout: only the answer).")
+@click.option("--temp", type=click.FloatRange(min=0), help="Sampling temperature, 0 = greedy.  [default: 0.7]")
+@click.option("--top-p", type=click.FloatRange(0, 1), help="Nucleus sampling.  [default: 0.9]")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Longest reply, in tokens.  [default: 512]")
+@click.option("--max-kv-size", type=click.IntRange(min=0), help="Context tokens kept (0 = the model's window).")
+@click.option("--seed", type=int, help="Sampling seed.  [default: 0]")
+@pass_app
+def chat(app: App, run_name: str | None, model_path: str | None, base: bool, prompt: str | None,
+         temp: float | None, top_p: float | None, max_tokens: int | None, max_kv_size: int | None,
+         seed: int | None) -> None:
+    """Talk to your partner, offline: the latest run's fused model, or base + adapters.
+
+    It uses the exact system prompt the run was trained with, streams its answers and keeps the
+    conversation (old turns are dropped when the context window fills). Inside: /help, /reset,
+    /save FILE, /system, /temp X, /quit; Ctrl-C stops a reply.
+
+    \b
+    Examples:
+      mlx-partner chat
+      mlx-partner chat --base                      # the untuned base model, same system prompt
+      mlx-partner chat --prompt "What makes a good loaf?" --temp 0
+    """
+    from .chat import open_session, resolve_target, run_repl
+
+    if model_path and (run_name or base):
+        raise click.UsageError("--model cannot be combined with --run or --base.")
+    settings = app.settings.override(
+        "chat", temperature=temp, top_p=top_p, max_tokens=max_tokens, max_kv_size=max_kv_size, seed=seed
+    ).chat
+    target = resolve_target(app.workspace, run=run_name, model=model_path, base=base,
+                            base_model=app.settings.train.base_model)
+    click.echo(f"Loading {target.label} ...", err=True)
+    session, loaded = open_session(
+        target, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
+        max_kv_size=settings.max_kv_size, seed=settings.seed, workspace_root=app.workspace.root,
+    )
+    if prompt is not None:
+        for piece in session.ask(prompt):
+            click.echo(piece, nl=False)
+        click.echo("")
+        return
+    click.echo(f"{loaded.dtype}, context {session.window} tokens. {loaded.note}", err=True)
+    run_repl(session, target.label)
+
+
 # --- eval / retrain / runs ---------------------------------------------------------------------
 
 

@@ -276,7 +276,7 @@ def test_ctrl_c_stops_a_reply_but_not_the_repl(model_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(chat.ChatSession, "ask", ask)
     result = invoke(tmp_path, "--model", str(model_dir), "--max-tokens", "6",
-                    input="First?\nSecond?\n/save t.md\n/quit\n")
+                    input=f"First?\nSecond?\n/save {tmp_path / 't.md'}\n/quit\n")
     assert result.exit_code == 0, result.output
     assert "[stopped]" in result.output
     assert calls["n"] == 2
