@@ -114,21 +114,50 @@ def _looks_like_text(text: str) -> bool:
 
 
 def _cp1252_plausible(text: str) -> bool:
+    """Western text read as cp1252: ASCII words with a few accented letters and typographic marks.
+
+    Cyrillic or Korean bytes also decode as cp1252, but into words made wholly of accented
+    letters; requiring most letters to be ASCII tells them apart.
+    """
+    if not _looks_like_text(text):
+        return False
     non_ascii = [ch for ch in text if ord(ch) > 127]
-    ok = sum(1 for ch in non_ascii if ch.isalpha() or ch in _CP1252_TEXT)
-    return _looks_like_text(text) and ok >= 0.9 * len(non_ascii)
+    letters = [ch for ch in text if ch.isalpha()]
+    accented = sum(1 for ch in non_ascii if ch.isalpha())
+    marks = sum(1 for ch in non_ascii if ch in _CP1252_TEXT)
+    return accented + marks >= 0.9 * len(non_ascii) and accented <= 0.3 * max(1, len(letters))
+
+
+_OTHER_ENCODINGS = (
+    ("shift_jis", "Shift-JIS (Japanese)", ("HIRAGANA", "KATAKANA", "CJK")),
+    ("euc_kr", "EUC-KR (Korean)", ("HANGUL",)),
+    ("gb18030", "GB18030 (Chinese)", ("CJK",)),
+    ("big5", "Big5 (Chinese)", ("CJK",)),
+    ("cp1251", "Windows-1251 (Cyrillic)", ("CYRILLIC",)),
+    ("koi8_r", "KOI8-R (Cyrillic)", ("CYRILLIC",)),
+    ("cp1253", "Windows-1253 (Greek)", ("GREEK",)),
+)
 
 
 def _guess_encoding_name(data: bytes) -> str:
-    """A human name for what undecodable bytes probably are (for the skip message only)."""
-    for codec, name in (("shift_jis", "Shift-JIS"), ("euc_kr", "EUC-KR"), ("gb18030", "GB18030 (Chinese)"), ("cp1251", "Windows-1251 (Cyrillic)")):
+    """A human name for what undecodable bytes probably are (for the skip message only).
+
+    The codec whose decoding puts most non-ASCII characters into its own script wins.
+    """
+    best, best_score = "an unknown encoding", 0.8
+    for codec, name, scripts in _OTHER_ENCODINGS:
         try:
             text = data.decode(codec)
         except UnicodeDecodeError:
             continue
-        if _looks_like_text(text):
-            return name
-    return "an unknown encoding"
+        non_ascii = [ch for ch in text if ord(ch) > 127]
+        if not non_ascii or not _looks_like_text(text):
+            continue
+        common = ("IDEOGRAPHIC", "FULLWIDTH", "HALFWIDTH")  # CJK punctuation
+        score = sum(1 for ch in non_ascii if unicodedata.name(ch, "").startswith(scripts + common)) / len(non_ascii)
+        if score > best_score:
+            best, best_score = name, score
+    return best
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
@@ -398,23 +427,29 @@ def _word_spans(text: str, start: int, end: int, max_chars: int) -> list[tuple[i
     return out
 
 
-def _pack(text: str, spans: list[tuple[int, int]], limit: int, target: int) -> list[tuple[int, int]]:
-    """Join consecutive spans into pieces of about `target` tokens and never more than `limit`."""
+def _greedy(text: str, spans: list[tuple[int, int]], cap: int) -> list[tuple[int, int]]:
     pieces: list[tuple[int, int]] = []
-    cur: tuple[int, int] | None = None
     for s, e in spans:
-        if cur is None:
-            cur = (s, e)
-            continue
-        joined = estimate_tokens(text[cur[0] : e])
-        if joined <= limit and (joined <= target or estimate_tokens(text[cur[0] : cur[1]]) < target / 2):
-            cur = (cur[0], e)
+        if pieces and estimate_tokens(text[pieces[-1][0] : e]) <= cap:
+            pieces[-1] = (pieces[-1][0], e)
         else:
-            pieces.append(cur)
-            cur = (s, e)
-    if cur is not None:
-        pieces.append(cur)
+            pieces.append((s, e))
     return pieces
+
+
+def _pack(text: str, spans: list[tuple[int, int]], limit: int) -> list[tuple[int, int]]:
+    """Join consecutive spans into as few pieces of at most `limit` tokens as possible, as even
+    as possible (a 1.2x-budget text gives two pieces of ~0.6x, not 1.0x + 0.2x)."""
+    fewest = len(_greedy(text, spans, limit))
+    lo = max((estimate_tokens(text[s:e]) for s, e in spans), default=0)
+    hi = limit
+    while lo < hi:  # the smallest cap that still needs no more pieces
+        mid = (lo + hi) // 2
+        if len(_greedy(text, spans, mid)) <= fewest:
+            hi = mid
+        else:
+            lo = mid + 1
+    return _greedy(text, spans, hi)
 
 
 def chunk_document(doc: Document, max_tokens: int) -> list[Chunk]:
@@ -436,9 +471,8 @@ def chunk_document(doc: Document, max_tokens: int) -> list[Chunk]:
             if estimate_tokens(text[ss:se]) <= max_tokens:
                 units.append((ss, se))
             else:
-                units.extend(_pack(text, _word_spans(text, ss, se, max_chars), max_tokens, max_tokens))
-    target = math.ceil(doc.tokens / math.ceil(doc.tokens / max_tokens))
-    return [Chunk(doc.id, s, e, text[s:e], estimate_tokens(text[s:e])) for s, e in _pack(text, units, max_tokens, target)]
+                units.extend(_pack(text, _word_spans(text, ss, se, max_chars), max_tokens))
+    return [Chunk(doc.id, s, e, text[s:e], estimate_tokens(text[s:e])) for s, e in _pack(text, units, max_tokens)]
 
 
 # --- batches -----------------------------------------------------------------------------------
