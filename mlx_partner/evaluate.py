@@ -409,14 +409,15 @@ def select_examples(examples: Sequence[EvalExample], limit: int, seed: int = 0,
 def answer_loss(model: Any, tokenizer: Any, messages: Sequence[dict[str, str]], max_seq_length: int = 2048) -> tuple[float, int]:
     """Summed cross-entropy of the final answer's tokens and their count, prompt masked as in training.
 
-    Tokens and the mask offset come from mlx-lm's own ChatDataset (mask_prompt=True), the class the
-    trainer uses, and the sum runs over exactly the positions its default_loss counts.
+    Tokens and the mask offset come from `dataset.training_tokens` (mlx-lm's ChatDataset, as the
+    trainer makes them), and the sum runs over exactly the positions its default_loss counts.
     """
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx_lm.tuner.datasets import ChatDataset
 
-    tokens, offset = ChatDataset([], tokenizer, mask_prompt=True).process({"messages": list(messages)})
+    from .dataset import training_tokens
+
+    tokens, offset = training_tokens(tokenizer, {"messages": list(messages)}, mask_prompt=True)
     tokens = list(tokens)[:max_seq_length]
     if len(tokens) < 2:
         return 0.0, 0
@@ -430,13 +431,18 @@ def answer_loss(model: Any, tokenizer: Any, messages: Sequence[dict[str, str]], 
     return float(ce.item()), count
 
 
-def prompt_tokens(tokenizer: Any, system_prompt: str, question: str) -> list[int]:
-    """The generation prompt for one question, built exactly as `chat` builds it."""
-    from .dataset import chat_messages, render_prompt
+def prompt_tokens(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
+    """The generation prompt for a conversation up to the answer, rendered as training and chat do."""
+    from .dataset import encode_prompt, render_prompt
 
-    text = render_prompt(tokenizer, chat_messages(system_prompt, [(question, None)], tokenizer), True)
-    bos = getattr(tokenizer, "bos_token", None)
-    return list(tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos)))
+    return encode_prompt(tokenizer, render_prompt(tokenizer, list(messages), True))
+
+
+def probe_messages(tokenizer: Any, system_prompt: str, question: str) -> list[dict[str, str]]:
+    """A fresh one-question conversation, built with the same system prompt handling as training."""
+    from .dataset import chat_messages
+
+    return chat_messages(system_prompt, [{"role": "user", "content": question}], tokenizer)
 
 
 def generate_answer(model: Any, tokenizer: Any, tokens: list[int], max_tokens: int) -> str:
@@ -517,7 +523,8 @@ def score_model(loaded: Any, loss_examples: Sequence[EvalExample], gen_examples:
     for ex in gen_examples:
         hit = cached.get(f"answer:{ex.key}")
         if hit is None:
-            answer = generate_answer(model, tokenizer, prompt_tokens(tokenizer, ex.system or system_prompt, ex.question), max_tokens)
+            # The example's own turns up to the answer: exactly the prompt it was trained against.
+            answer = generate_answer(model, tokenizer, prompt_tokens(tokenizer, ex.messages[:-1]), max_tokens)
             hit = {"answer": answer}
         hit = {**hit, "f1": word_f1(hit["answer"], ex.reference), "rouge_l": rouge_l(hit["answer"], ex.reference),
                "style": style.similarity(hit["answer"])}
@@ -527,7 +534,8 @@ def score_model(loaded: Any, loss_examples: Sequence[EvalExample], gen_examples:
     for question in probes:
         hit = cached.get(f"probe:{question}")
         if hit is None:
-            hit = {"answer": generate_answer(model, tokenizer, prompt_tokens(tokenizer, system_prompt, question), max_tokens)}
+            tokens = prompt_tokens(tokenizer, probe_messages(tokenizer, system_prompt, question))
+            hit = {"answer": generate_answer(model, tokenizer, tokens, max_tokens)}
         probe_answers[question] = {**hit, "abstained": is_abstention(hit["answer"])}
         bar.step()
     return {"loss": losses, "answers": answers, "probes": probe_answers}
@@ -877,7 +885,7 @@ def render_report(metrics: dict[str, Any]) -> str:
             f"**Q ({ex['split']}):** {_quote(ex['question'])}",
             "",
             f"- *author:* {_quote(ex['reference'])}",
-            f"- *base* (F1 {t and _fmt(b['f1'], 2)}): {_quote(b['answer'])}",
+            f"- *base* (F1 {_fmt(b['f1'], 2)}): {_quote(b['answer'])}",
             f"- *{run}* (F1 {_fmt(t['f1'], 2)}): {_quote(t['answer'])}",
             "",
         ]

@@ -1,0 +1,253 @@
+"""Tests for `eval`: the metric functions (tables), the PNG chart, and the command on the tiny model."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import pytest
+
+from mlx_partner.evaluate import (
+    ABSTAIN_PHRASE,
+    EvalExample,
+    bar_chart,
+    compare,
+    example_key,
+    fit_style,
+    is_abstention,
+    lcs_length,
+    png_bytes,
+    probe_questions,
+    rouge_l,
+    select_examples,
+    summarize,
+    word_f1,
+    words,
+)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Hello, World!", ["hello", "world"]),
+        ("Don't stop", ["don't", "stop"]),
+        ("It\u2019s fine", ["it's", "fine"]),
+        ("snake_case and 42", ["snake", "case", "and", "42"]),
+        ("", []),
+    ],
+)
+def test_words(text, expected):
+    assert words(text) == expected
+
+
+@pytest.mark.parametrize(
+    "pred, ref, expected",
+    [
+        ("the cat sat", "the cat sat", 1.0),
+        ("", "", 1.0),
+        ("", "something", 0.0),
+        ("dog", "cat", 0.0),
+        ("the cat", "the cat sat on the mat", 2 * (1.0 * (2 / 6)) / (1.0 + 2 / 6)),
+        # counts are clipped: "the the the" shares only two "the" with the reference
+        ("the the the", "the cat the", 2 * (2 / 3) * (2 / 3) / (4 / 3)),
+        ("The CAT!", "the cat", 1.0),
+    ],
+)
+def test_word_f1(pred, ref, expected):
+    assert word_f1(pred, ref) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ("abcde", "ace", 3),
+        ("abc", "abc", 3),
+        ("abc", "def", 0),
+        ("", "abc", 0),
+        ("ab", "ba", 1),
+        ("axbxc", "abc", 3),
+    ],
+)
+def test_lcs_length(a, b, expected):
+    assert lcs_length(list(a), list(b)) == expected
+    assert lcs_length(list(b), list(a)) == expected
+
+
+@pytest.mark.parametrize(
+    "pred, ref, expected",
+    [
+        ("the cat sat on the mat", "the cat sat on the mat", 1.0),
+        ("", "", 1.0),
+        ("mat", "", 0.0),
+        ("cat the", "the cat", 0.5),  # order matters, unlike F1
+        ("the cat was sitting on the mat", "the cat sat on the mat", 2 * (5 / 7) * (5 / 6) / (5 / 7 + 5 / 6)),
+    ],
+)
+def test_rouge_l(pred, ref, expected):
+    assert rouge_l(pred, ref) == pytest.approx(expected)
+
+
+def test_rouge_l_differs_from_f1_on_order():
+    assert word_f1("cat the", "the cat") == 1.0
+    assert rouge_l("cat the", "the cat") == 0.5
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        (ABSTAIN_PHRASE + ".", True),
+        ("I haven't written about cryptocurrency, so I won't guess.", True),
+        ("That's not something I've written about.", True),
+        ("Honestly, I don't know.", True),
+        ("I have not really thought about opera.", True),
+        ("That's outside what I've written.", True),
+        ("My notes don't cover tax law.", True),
+        ("I can't speak to that.", True),
+        ("The starter is a calendar: feed it at the same hour.", False),
+        ("Write it down, then rewrite it in your own words.", False),
+        ("I have written about glue before.", False),
+    ],
+)
+def test_is_abstention(answer, expected):
+    assert is_abstention(answer) is expected
+
+
+def test_system_prompt_asks_for_what_the_probe_detects():
+    from mlx_partner.dataset import system_prompt_from_profile
+
+    prompt = system_prompt_from_profile("I am Ada Lovelace. I write about engines and poetry.")
+    assert "has not written about" in prompt or "haven't written about" in prompt
+
+
+def test_probe_questions_skip_topics_in_the_sources():
+    corpus = ["I love the opera, Wagner most of all. Also football and the offside rule."]
+    questions = probe_questions(corpus, 30, seed=0)
+    assert questions
+    assert not any("Wagner" in q or "offside" in q for q in questions)
+    # Built-in and derived questions alternate, so a small n gets both kinds.
+    assert probe_questions(corpus, 30, seed=0) == questions
+    assert probe_questions(corpus, 2, seed=0) == questions[:2]
+    assert probe_questions(corpus, 0) == []
+    assert len(set(questions)) == len(questions)
+
+
+def test_style_similarity_prefers_the_authors_voice():
+    author = [
+        "The bench is an argument about who may stay. A street that offers a seat says: linger here.\n\n"
+        "Desire lines are drafts; the path the walkers wear is the city's honest first version.",
+        "I glue what I cannot sew, and every join of glue is a confession that I gave up on the seam.\n\n"
+        "Three tools will repair most things: a needle, a screwdriver, and patience.",
+    ]
+    model = fit_style(author)
+    close = "A bench is an argument; the street that offers a seat says linger, and desire lines are drafts."
+    far = "Quarterly EBITDA guidance was revised upward following strong SaaS subscription growth."
+    assert 0.0 <= model.similarity(far) < model.similarity(close) <= 1.0
+    assert model.similarity(author[0]) > model.similarity(close)
+    assert model.similarity("") == 0.0
+    # Deterministic (crc32 hashing, not Python's salted hash).
+    assert fit_style(author).similarity(close) == model.similarity(close)
+
+
+def test_fit_style_needs_sources():
+    from mlx_partner.errors import SourceError
+
+    with pytest.raises(SourceError):
+        fit_style([])
+
+
+def _ex(q: str, a: str, split: str = "test") -> EvalExample:
+    messages = ({"role": "system", "content": "S"}, {"role": "user", "content": q}, {"role": "assistant", "content": a})
+    return EvalExample(example_key(messages), split, messages)
+
+
+def test_example_key_ignores_the_system_prompt():
+    a = [{"role": "system", "content": "one"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    b = [{"role": "system", "content": "two"}, *a[1:]]
+    c = [*a[:2], {"role": "assistant", "content": "other"}]
+    assert example_key(a) == example_key(b) != example_key(c)
+
+
+def test_select_examples_is_seeded_and_prefers_earlier_keys():
+    examples = [_ex(f"q{i}", f"a{i}") for i in range(30)]
+    first = select_examples(examples, 5, seed=1)
+    assert first == select_examples(list(reversed(examples)), 5, seed=1)
+    assert first != select_examples(examples, 5, seed=2)
+    prefer = [examples[7].key, examples[3].key]
+    picked = select_examples(examples, 5, seed=1, prefer=prefer)
+    assert [e.key for e in picked[:2]] == prefer
+    # Adding examples does not push out the preferred ones.
+    more = examples + [_ex(f"new{i}", "x") for i in range(50)]
+    assert [e.key for e in select_examples(more, 5, seed=1, prefer=prefer)][:2] == prefer
+    assert select_examples(examples, 0) == []
+
+
+def _scores(loss: dict, answers: dict, probes: dict) -> dict:
+    return {"loss": loss, "answers": answers, "probes": probes}
+
+
+def test_summarize_weights_loss_by_tokens_and_restricts_to_keys():
+    scores = _scores(
+        {"a": {"loss_sum": 10.0, "tokens": 10, "split": "test"}, "b": {"loss_sum": 30.0, "tokens": 10, "split": "test"},
+         "c": {"loss_sum": 5.0, "tokens": 5, "split": "valid"}},
+        {"a": {"answer": "x", "f1": 0.5, "rouge_l": 0.25, "style": 0.1}, "b": {"answer": "y", "f1": 1.0, "rouge_l": 0.75, "style": 0.3}},
+        {"q1": {"answer": "I don't know", "abstained": True}, "q2": {"answer": "Sure!", "abstained": False}},
+    )
+    s = summarize(scores)
+    assert s["test"]["loss"] == pytest.approx(2.0)
+    assert s["test"]["perplexity"] == pytest.approx(math.e**2)
+    assert s["valid"]["loss"] == pytest.approx(1.0)
+    assert s["f1"] == pytest.approx(0.75) and s["rouge_l"] == pytest.approx(0.5)
+    assert s["grounded"] == 0.5 and s["probes"] == 2
+    only_a = summarize(scores, {"a"})
+    assert only_a["test"]["loss"] == pytest.approx(1.0) and only_a["f1"] == 0.5 and only_a["valid"]["examples"] == 0
+
+
+def test_compare_uses_only_shared_pairs():
+    def metrics(run, keys, f1):
+        return {"run": run, "scores": {"tuned": _scores(
+            {k: {"loss_sum": 1.0, "tokens": 1, "split": "test"} for k in keys},
+            {k: {"answer": "", "f1": f1, "rouge_l": f1, "style": f1} for k in keys}, {})}}
+
+    old = metrics("run-1", ["a", "b"], 0.2)
+    new = metrics("run-2", ["a", "b", "c"], 0.6)
+    new["scores"]["tuned"]["answers"]["c"]["f1"] = 0.0  # a new pair, not in the old eval: left out
+    out = compare(old, new)
+    assert out["shared_answers"] == 2 and out["shared_test_loss"] == 2
+    assert out["old_summary"]["f1"] == pytest.approx(0.2) and out["new_summary"]["f1"] == pytest.approx(0.6)
+
+
+def _decode_png(data: bytes):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    width, height = struct.unpack(">II", chunks[b"IHDR"][:8])
+    raw = zlib.decompress(chunks[b"IDAT"])
+    assert len(raw) == height * (1 + 3 * width)
+    return width, height, raw
+
+
+def test_png_bytes_round_trip():
+    import numpy as np
+
+    img = np.zeros((3, 2, 3), dtype=np.uint8)
+    img[1, 1] = (255, 0, 10)
+    width, height, raw = _decode_png(png_bytes(img))
+    assert (width, height) == (2, 3)
+    row = raw[1 * 7 : 2 * 7]
+    assert row[0] == 0 and row[4:7] == bytes([255, 0, 10])
+
+
+def test_bar_chart_draws_bars_of_the_right_height():
+    data = bar_chart([("F1", [0.0, 1.0]), ("STYLE", [0.5, 0.25])], ["base", "run-1"], height=100)
+    width, height, raw = _decode_png(data)
+    stride = 1 + 3 * width
+    blue = bytes((46, 110, 190))
+    rows_with_blue = sum(1 for y in range(height) if blue in raw[y * stride + 1 : (y + 1) * stride])
+    assert rows_with_blue >= 100  # the full-height bar (plus the legend swatch)
