@@ -251,8 +251,11 @@ def _title(meta: dict[str, str], body: str, stem: str) -> str:
 
 
 def _read_pdf(path: Path) -> str:
+    import logging
+
     from pypdf import PdfReader
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about damaged files would flood stderr
     reader = PdfReader(str(path))
     if reader.is_encrypted and not reader.decrypt(""):
         raise ValueError("encrypted PDF; save an unencrypted copy")

@@ -135,12 +135,53 @@ def test_pdf_and_docx_without_the_docs_extra_say_what_to_install(tmp_path, monke
     assert all("install mlx-partner[docs]" in s.reason for s in skipped)
 
 
-def test_damaged_pdf_is_skipped_when_pypdf_is_there(tmp_path):
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF showing `text` in Helvetica, written by hand."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def test_pdf_text_is_read_and_damaged_or_empty_pdfs_skipped(tmp_path):
     pytest.importorskip("pypdf")
-    write(tmp_path, "good.md", BODY)
+    write(tmp_path, "essays/paper.pdf", minimal_pdf("Streets are arguments made of asphalt."))
     write(tmp_path, "broken.pdf", b"%PDF-1.4 not really")
-    _, skipped = load_documents(tmp_path)
-    assert skipped[0].path == "broken.pdf" and "PDF" in skipped[0].reason
+    write(tmp_path, "scan.pdf", minimal_pdf(""))
+    docs, skipped = load_documents(tmp_path)
+    assert [(d.id, d.theme, d.encoding, d.text) for d in docs] == [
+        ("essays/paper.pdf", "essays", "pdf", "Streets are arguments made of asphalt.")
+    ]
+    reasons = {s.path: s.reason for s in skipped}
+    assert reasons["broken.pdf"].startswith("could not read this PDF file")
+    assert reasons["scan.pdf"].startswith("no text could be extracted")
+
+
+def test_docx_paragraphs_and_headings_are_read(tmp_path):
+    docx = pytest.importorskip("docx")
+    document = docx.Document()
+    document.add_heading("Mending Kettles", 0)
+    document.add_paragraph("A kettle lid is a small machine.")
+    document.add_paragraph("")
+    document.add_heading("Rivets", 1)
+    document.add_paragraph("Rivets hold when glue gives up.")
+    document.save(str(tmp_path / "kettle.docx"))
+    (doc,), _ = load_documents(tmp_path)
+    assert doc.title == "Mending Kettles"
+    assert doc.text == "# Mending Kettles\n\nA kettle lid is a small machine.\n\n# Rivets\n\nRivets hold when glue gives up."
 
 
 def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
