@@ -149,7 +149,7 @@ class TurnStats:
     prefill_tokens: int = 0  # of those, the ones actually run through the model this turn
     reused_tokens: int = 0  # taken from the KV cache
     generated_tokens: int = 0
-    time_to_first_token: float = 0.0  # seconds from ask() to the first text piece
+    time_to_first_token: float = 0.0  # seconds from ask() to the first generated token
     generation_tps: float = 0.0
     finish_reason: str | None = None  # "stop", "length" or "interrupted"
 
@@ -191,19 +191,18 @@ class ChatSession:
         """The conversation as chat messages, built exactly as the training examples are."""
         from .dataset import chat_messages
 
-        pairs: list[tuple[str, str | None]] = list(turns)
+        dialog: list[dict[str, str]] = []
+        for q, a in turns:
+            dialog += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         if question is not None:
-            pairs.append((question, None))
-        return chat_messages(self.system_prompt, pairs, self.tokenizer)
+            dialog.append({"role": "user", "content": question})
+        return chat_messages(self.system_prompt, dialog, self.tokenizer)
 
     def encode(self, turns: list[tuple[str, str]], question: str) -> list[int]:
-        from .dataset import render_prompt
+        """Token ids of the conversation plus `question`, rendered and tokenized as in training."""
+        from .dataset import encode_prompt, render_prompt
 
-        text = render_prompt(self.tokenizer, self.messages(turns, question), True)
-        # As mlx-lm's stream_generate does: add BOS unless the template already wrote it.
-        bos = getattr(self.tokenizer, "bos_token", None)
-        add_special = bos is None or not text.startswith(bos)
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special))
+        return encode_prompt(self.tokenizer, render_prompt(self.tokenizer, self.messages(turns, question), True))
 
     def _fit(self, question: str) -> list[int]:
         """Tokens of the conversation plus `question`, dropping the oldest turns to fit the window."""
@@ -298,14 +297,14 @@ class ChatSession:
                 self.model, self.tokenizer, suffix, max_tokens=self.max_tokens,
                 sampler=self.sampler(), prompt_cache=self._cache,
             ):
+                if not self.stats.generated_tokens:
+                    self.stats.time_to_first_token = time.perf_counter() - start
                 self._cached.append(int(response.token))
                 self.stats.generated_tokens = response.generation_tokens
                 self.stats.generation_tps = response.generation_tps
                 if response.finish_reason is not None:
                     finish = response.finish_reason
                 if response.text:
-                    if not pieces:
-                        self.stats.time_to_first_token = time.perf_counter() - start
                     pieces.append(response.text)
                     yield response.text
         finally:

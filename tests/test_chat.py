@@ -289,3 +289,24 @@ def test_chat_target_for_a_model_without_its_own_prompt_uses_the_workspace_promp
     ws.system_prompt_path.write_text(SYSTEM, encoding="utf-8")
     target = resolve_target(ws, model=str(tiny_model))
     assert target == ChatTarget(str(tiny_model), None, SYSTEM, f"model {tiny_model}")
+
+
+@pytest.mark.parametrize("template", ["llama3", "gemma"])
+def test_cache_reuse_across_templates(template, tmp_path):
+    """Llama-3 (BOS and a date block in the template) and Gemma (system folded into the first user turn)."""
+    from tiny_model import build_tiny_model
+
+    from mlx_partner.models import load_model
+
+    lm = load_model(build_tiny_model(tmp_path / template, template=template))
+    s = ChatSession(lm.model, lm.tokenizer, SYSTEM, temperature=0.0, max_tokens=8, window=2048)
+    first = s.reply("What is bread for?")
+    assert s.stats.prompt_tokens == s.stats.prefill_tokens
+    turn1 = s.stats.prompt_tokens
+    cached = s.reply("And streets?")
+    assert s.stats.reused_tokens >= turn1 and s.stats.prefill_tokens < s.stats.prompt_tokens
+    rendered = lm.tokenizer.decode(s.encode([], "x"))
+    assert rendered.count(SYSTEM) == 1
+    fresh = ChatSession(lm.model, lm.tokenizer, SYSTEM, temperature=0.0, max_tokens=8, window=2048)
+    fresh.history = [("What is bread for?", first)]
+    assert fresh.reply("And streets?") == cached
