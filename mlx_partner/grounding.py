@@ -1,0 +1,252 @@
+"""Checks that keep generated pairs grounded in the author's documents. Pure functions, no I/O.
+
+    reason = check_pair(pair, batch_texts, kinds)     # None when the pair is fine
+    index = QuestionIndex(); index.find(question)     # near-duplicate lookup
+
+A quote must occur in the document it cites. Both sides are normalised (Unicode, case, quote
+marks, dashes, ellipses, whitespace) and a quote may differ from its source by a few characters
+(a dropped comma, a typo fixed), but never by more: a paraphrase is not a quote.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+KINDS = ("genuine", "scenario", "pushback")
+
+# How close a quote must be to a span of its document once both are normalised. 0.92 lets a
+# couple of typos or dropped punctuation marks through in a sentence and rejects paraphrases.
+QUOTE_MIN_RATIO = 0.92
+# Quotes shorter than this (normalised characters) must match exactly: a fuzzy short quote
+# could be anything.
+QUOTE_MIN_FUZZY_CHARS = 24
+QUOTE_MIN_CHARS = 12
+# Near-duplicate questions: cosine similarity of character 4-gram counts, above which two
+# questions ask the same thing.
+DUPLICATE_THRESHOLD = 0.82
+
+_QUOTES = {ord(c): "'" for c in "\u2018\u2019\u201a\u201b\u2032\u00b4`"} | {
+    ord(c): '"' for c in "\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb"
+}
+_DASHES = re.compile(r"\s*(?:[\u2010-\u2015\u2212]|--+)\s*")
+_SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+_STOPWORD_TEXT = """a about above after again against all also am an and any are as at be because been before
+    being below between both but by can could did do does doing down during each few for from
+    further had has have having he her here hers herself him himself his how i if in into is it its
+    itself just me more most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them themselves
+    then there these they this those through to too under until up very was we were what when where
+    which while who whom why will with would you your yours yourself yourselves i'm it's don't
+    isn't that's what's you're they're we're there's let's one ever even much many"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def normalise(text: str) -> str:
+    """Fold the differences a copy-paste or a model may introduce without changing the words."""
+    text = unicodedata.normalize("NFKC", text).translate(_QUOTES)
+    text = text.replace("\u2026", "...").replace("\u00ad", "")
+    text = _DASHES.sub(" - ", text)
+    return _SPACE.sub(" ", text).strip().lower()
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(normalise(text))
+
+
+def content_words(text: str) -> set[str]:
+    """Words that carry meaning: not stopwords, at least three letters, simple plural folded."""
+    out = set()
+    for w in words(text):
+        if w in STOPWORDS or len(w) < 3:
+            continue
+        out.add(w[:-1] if len(w) > 4 and w.endswith("s") and not w.endswith("ss") else w)
+    return out
+
+
+# --- quotes ------------------------------------------------------------------------------------
+
+
+def quote_score(quote: str, document: str) -> float:
+    """How well `quote` matches its best span of `document`: 1.0 verbatim, 0.0 nowhere.
+
+    Exact (normalised) containment scores 1.0. Otherwise candidate spans are anchored on word
+    trigrams the quote shares with the document, and each span of about the quote's length is
+    compared with difflib; a span must also contain nearly every word of the quote, so swapping
+    words for synonyms fails even when the characters mostly agree.
+    """
+    q = normalise(quote).strip(" .,;:\"'")
+    d = normalise(document)
+    if len(q) < QUOTE_MIN_CHARS:
+        return 1.0 if q and re.search(rf"(?<![a-z0-9]){re.escape(q)}(?![a-z0-9])", d) else 0.0
+    if q in d:
+        return 1.0
+    if len(q) < QUOTE_MIN_FUZZY_CHARS:
+        return 0.0
+    q_words = q.split(" ")
+    starts: set[int] = set()
+    # Anchors: trigrams at several places in the quote, so one changed word cannot hide it.
+    for i in sorted({0, len(q_words) // 3, len(q_words) // 2, 2 * len(q_words) // 3, max(0, len(q_words) - 3)}):
+        gram = " ".join(q_words[i : i + 3])
+        offset = len(" ".join(q_words[:i])) + (1 if i else 0)
+        for m in re.finditer(re.escape(gram), d):
+            starts.add(max(0, m.start() - offset))
+            if len(starts) > 64:  # a very common trigram: enough candidates already
+                break
+    best = 0.0
+    q_set = Counter(_WORD.findall(q))
+    for start in sorted(starts):
+        for lo in (start - 3, start, start + 3):
+            lo = max(0, lo)
+            for length in (len(q) - 4, len(q), len(q) + 4):
+                span = d[lo : lo + length]
+                ratio = difflib.SequenceMatcher(None, q, span, autojunk=False).ratio()
+                if ratio <= best:
+                    continue
+                missing = sum((q_set - Counter(_WORD.findall(d[max(0, lo - 20) : lo + length + 20]))).values())
+                # At most one word in ten may be absent (a typo, a dropped article).
+                if missing <= max(1, len(q_words) // 10):
+                    best = ratio
+    return best
+
+
+def quote_in_document(quote: str, document: str, min_ratio: float = QUOTE_MIN_RATIO) -> bool:
+    return quote_score(quote, document) >= min_ratio
+
+
+# --- one pair ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a pair was rejected: a short code for summaries and a sentence for people."""
+
+    code: str  # missing-field | bad-type | wrong-source | invented-quote | unsupported-answer | duplicate
+    detail: str
+
+
+def _text(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def check_fields(pair: Mapping[str, object], kinds: Iterable[str] = KINDS) -> Rejection | None:
+    """Every required field present, of the right type, and not empty."""
+    for name in ("question", "answer"):
+        if not _text(pair.get(name)):
+            return Rejection("missing-field", f"the {name} is missing or empty")
+    kind = pair.get("type")
+    if kind not in tuple(kinds):
+        return Rejection("bad-type", f"type {kind!r} is not one of {', '.join(kinds)}")
+    sources = pair.get("sources")
+    if not isinstance(sources, list) or not sources or not all(_text(s) for s in sources):
+        return Rejection("missing-field", "sources must be a non-empty list of document ids")
+    quotes = pair.get("quotes")
+    if not isinstance(quotes, list) or not quotes:
+        return Rejection("missing-field", "quotes must be a non-empty list")
+    for q in quotes:
+        if not isinstance(q, dict) or not _text(q.get("source")) or not _text(q.get("text")):
+            return Rejection("missing-field", "each quote needs a source and a text")
+    return None
+
+
+def check_pair(
+    pair: Mapping[str, object],
+    documents: Mapping[str, str],
+    kinds: Iterable[str] = KINDS,
+) -> Rejection | None:
+    """Check one generated pair against the texts of its batch ({doc_id: text sent}).
+
+    Returns None if the pair is grounded: fields complete, every cited id a document of the
+    batch, every quote found in the document it names, and an answer that uses the quotes' words.
+    """
+    bad = check_fields(pair, kinds)
+    if bad:
+        return bad
+    sources = [s.strip() for s in pair["sources"]]  # type: ignore[union-attr]
+    quotes = pair["quotes"]
+    for doc_id in sources:
+        if doc_id not in documents:
+            return Rejection("wrong-source", f"cites {doc_id!r}, which is not a document of this batch")
+    for q in quotes:  # type: ignore[union-attr]
+        doc_id, text = q["source"].strip(), q["text"]
+        if doc_id not in documents:
+            return Rejection("wrong-source", f"quotes {doc_id!r}, which is not a document of this batch")
+        if doc_id not in sources:
+            return Rejection("wrong-source", f"quotes {doc_id!r} but does not list it in sources")
+        if not quote_in_document(text, documents[doc_id]):
+            return Rejection("invented-quote", f"quote not found in {doc_id}: {text[:80]!r}")
+    quoted = set().union(*(content_words(q["text"]) for q in quotes))  # type: ignore[union-attr]
+    shared = content_words(pair["answer"]) & quoted  # type: ignore[arg-type]
+    if len(shared) < min(2, len(quoted)):
+        return Rejection("unsupported-answer", "the answer shares almost no words with its quotes")
+    return None
+
+
+# --- near-duplicate questions ------------------------------------------------------------------
+
+
+def question_key(question: str) -> str:
+    """The question reduced to its words, for hashing and comparison."""
+    return " ".join(words(question))
+
+
+def _grams(question: str, n: int = 4) -> Counter[str]:
+    text = f" {question_key(question)} "
+    return Counter(text[i : i + n] for i in range(max(1, len(text) - n + 1)))
+
+
+def similarity(a: str, b: str) -> float:
+    """Cosine similarity of character 4-gram counts: 1.0 for the same words, ~0.3 for unrelated."""
+    ga, gb = _grams(a), _grams(b)
+    dot = sum(v * gb.get(k, 0) for k, v in ga.items())
+    norm = math.sqrt(sum(v * v for v in ga.values())) * math.sqrt(sum(v * v for v in gb.values()))
+    return dot / norm if norm else 0.0
+
+
+class QuestionIndex:
+    """Questions seen so far; `find` returns the earlier one a new question nearly repeats.
+
+    Deterministic: the answer depends only on what was added, in which order. Candidates are
+    pre-filtered through an inverted index of 4-grams, so a few thousand questions stay fast.
+    """
+
+    def __init__(self, threshold: float = DUPLICATE_THRESHOLD) -> None:
+        self.threshold = threshold
+        self._items: list[tuple[str, str, Counter[str], float]] = []  # (label, question, grams, norm)
+        self._postings: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, question: str, label: str = "") -> None:
+        grams = _grams(question)
+        norm = math.sqrt(sum(v * v for v in grams.values()))
+        index = len(self._items)
+        self._items.append((label, question, grams, norm))
+        for g in grams:
+            self._postings.setdefault(g, []).append(index)
+
+    def find(self, question: str) -> tuple[str, str, float] | None:
+        """(label, earlier question, similarity) of the closest earlier near-duplicate, or None."""
+        grams = _grams(question)
+        norm = math.sqrt(sum(v * v for v in grams.values()))
+        if not norm:
+            return None
+        dots: dict[int, int] = {}
+        for g, v in grams.items():
+            for i in self._postings.get(g, ()):
+                dots[i] = dots.get(i, 0) + v * self._items[i][2][g]
+        best: tuple[str, str, float] | None = None
+        for i in sorted(dots):
+            label, text, _, other = self._items[i]
+            sim = dots[i] / (norm * other)
+            if sim >= self.threshold and (best is None or sim > best[2]):
+                best = (label, text, sim)
+        return best

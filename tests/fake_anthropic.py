@@ -1,0 +1,465 @@
+"""A local stand-in for the Anthropic Messages API, for tests and the generate benchmark.
+
+    server = FakeAnthropic(); server.start()        # http://127.0.0.1:<free port>
+    server.configure(invented=0.3, latency=0.2)     # faults, at seeded rates
+    ... ANTHROPIC_BASE_URL=server.url ...
+    server.produced                                 # every pair it sent, tagged genuine or injected
+    server.stop()
+
+It is a real HTTP server (ThreadingHTTPServer in a thread) speaking enough of the API for the
+real `anthropic` SDK: POST /v1/messages (forced tool use or JSON in text), and the Message
+Batches endpoints (create, retrieve, results as JSONL). Replies are built from the documents in
+the request: each pair quotes a real sentence of a document, and its first-person answer reuses
+that sentence's words. Everything is deterministic: a reply depends only on the request body and
+the seed, so a re-sent request gets the same reply.
+
+Token counts are crude on purpose, 4 characters a token (the same rule the dry-run estimator
+uses), and prompt caching is simulated: with cache_control present, the prefix up to the last
+marked block is "written" the first time it is seen and "read" afterwards, from 1024 tokens on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field, fields, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MIN_CACHEABLE = 1024
+DOC_RE = re.compile(r'<document id="([^"]+)"[^>]*>\n(.*?)\n</document>', re.S)
+ROUND_RE = re.compile(r"Round (\d+) of (\d+)")
+COUNT_RE = re.compile(r"Pairs to write: (\d+) \(([^)]*)\)")
+FAKE_WORDS = ["lanterns", "quietly", "negotiate", "with", "accountants", "whenever", "marble", "orchards", "forget", "their", "harbour", "velvet", "committees", "measure", "moonlight", "in", "teaspoons", "while", "copper", "violins", "elect", "a", "lighthouse"]
+SWAPS = {
+    "the": "a", "is": "was", "and": "but", "not": "never", "every": "each", "my": "our", "i": "we",
+    "a": "the", "more": "less", "good": "fine", "people": "folks", "it": "this", "you": "one",
+}
+
+
+@dataclass
+class Faults:
+    """What to get wrong, and how often. Rates are per request (HTTP, reply) or per pair."""
+
+    seed: int = 0
+    latency: float = 0.0  # seconds before every reply
+    rate_429: float = 0.0  # first attempt of a request answered 429 (retry-after-ms: 10)
+    rate_500: float = 0.0
+    rate_529: float = 0.0  # overloaded
+    malformed: float = 0.0  # a reply whose tool input (or JSON text) has no usable pairs list
+    truncated: float = 0.0  # a reply cut off at max_tokens
+    invented: float = 0.0  # pair quotes a sentence that is not in the document (made up or paraphrased)
+    wrong_source: float = 0.0  # pair cites a document id that is not in the batch
+    duplicate: float = 0.0  # pair repeats an earlier question, lightly reworded
+    quote_noise: float = 0.0  # genuine quotes with curly quotes, doubled spaces, case changes
+    no_tools: bool = False  # reject requests with tools (400), like an endpoint without tool use
+    text_only: bool = False  # ignore tools and answer with JSON in text
+    api_key: str | None = None  # when set, other keys get 401
+    batch_polls: int = 1  # retrieves answered in_progress before a message batch ends
+
+
+@dataclass
+class Produced:
+    """One pair the server sent in a well-formed reply."""
+
+    question: str
+    fault: str | None  # None = genuine
+    docs: tuple[str, ...]
+
+
+@dataclass
+class _State:
+    cache: set[str] = field(default_factory=set)
+    attempts: dict[str, int] = field(default_factory=dict)
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _tokens(text: str) -> int:
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content if isinstance(b, dict)]
+
+
+def sentences(text: str) -> list[str]:
+    out = []
+    for para in re.split(r"\n\s*\n", text):
+        para = " ".join(para.split())
+        if not para or para.startswith("#") or para == "[...]":
+            continue
+        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", para):
+            if 8 <= len(s.split()) <= 60:
+                out.append(s)
+    return out
+
+
+def _phrase(sentence: str) -> str:
+    words = re.findall(r"[A-Za-z0-9'’-]+", sentence)
+    return " ".join(words[:11]).lower()
+
+
+def _question(kind: str, sentence: str) -> str:
+    phrase = _phrase(sentence)
+    if kind == "scenario":
+        return f"If a friend faced a situation where {phrase}, what would you tell them?"
+    if kind == "pushback":
+        return f"Isn't it too simple to claim that {phrase}?"
+    return f"What do you mean when you write that {phrase}?"
+
+
+def _answer(kind: str, quote: str) -> str:
+    body = quote.rstrip(".!?")
+    body = body[0].lower() + body[1:] if body[:1].isupper() and not body.startswith("I ") else body
+    if kind == "pushback":
+        return f"I see the objection, but I still hold that {body}. That is what I wrote, and I stand by it."
+    if kind == "scenario":
+        return f"I would tell them what I believe: {body}. Then I would ask them to try it for a week."
+    return f"I mean it plainly: {body}. I came to that from things I have done myself."
+
+
+def _noisy(quote: str, rng: random.Random) -> str:
+    choice = rng.randrange(4)
+    if choice == 0:
+        return quote.replace("'", "\u2019").replace('"', "\u201c")
+    if choice == 1:
+        return quote.replace(" ", "  ", 2)
+    if choice == 2:
+        return quote[:1].lower() + quote[1:]
+    return quote.rstrip(".!?")
+
+
+def _invent(sentence: str, rng: random.Random) -> str:
+    if rng.random() < 0.5:  # made up from nothing
+        words = rng.sample(FAKE_WORDS, 10)
+        return "I have always believed that " + " ".join(words) + "."
+    # A paraphrase: the same shape, every few words changed.
+    words = sentence.split()
+    for i in range(1, len(words), 3):
+        words[i] = SWAPS.get(words[i].lower(), "truly")
+    return " ".join(words)
+
+
+class FakeAnthropic:
+    """The server; `configure` changes its faults between runs, `produced` logs what it sent."""
+
+    def __init__(self, **faults: Any) -> None:
+        self.faults = Faults(**faults)
+        self.produced: list[Produced] = []
+        self.requests: list[dict[str, Any]] = []  # {"path", "status", "body"} of every request
+        self._state = _State()
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "start() the server first"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeAnthropic:
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _body(self) -> dict[str, Any]:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                return json.loads(raw or b"{}")
+
+            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+                data = raw if raw is not None else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json" if raw is None else "application/binary")
+                self.send_header("content-length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self._body()
+                status, payload, headers, raw = app.handle("POST", self.path, body, dict(self.headers))
+                self._send(status, payload, headers, raw)
+
+            def do_GET(self) -> None:  # noqa: N802
+                status, payload, headers, raw = app.handle("GET", self.path, {}, dict(self.headers))
+                self._send(status, payload, headers, raw)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-anthropic", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def configure(self, **faults: Any) -> FakeAnthropic:
+        known = {f.name for f in fields(Faults)}
+        unknown = set(faults) - known
+        if unknown:
+            raise TypeError(f"unknown fault {sorted(unknown)[0]!r}")
+        self.faults = replace(self.faults, **faults)
+        return self
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.produced.clear()
+            self.requests.clear()
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._state.cache.clear()
+
+    # -- routing --
+
+    def handle(self, method: str, path: str, body: dict[str, Any], headers: dict[str, str]):
+        f = self.faults
+        path = path.split("?")[0]
+        lower = {k.lower(): v for k, v in headers.items()}
+        status, payload, extra, raw = self._route(method, path, body, lower, f)
+        with self._lock:
+            self.requests.append({"method": method, "path": path, "status": status, "body": body})
+        return status, payload, extra, raw
+
+    def _route(self, method: str, path: str, body: dict[str, Any], headers: dict[str, str], f: Faults):
+        if f.api_key is not None:
+            given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+            if given != f.api_key:
+                return 401, _error("authentication_error", "invalid x-api-key"), {}, None
+        if method == "POST" and path == "/v1/messages":
+            return self._messages(body, f)
+        if method == "POST" and path == "/v1/messages/batches":
+            return self._create_batch(body, f)
+        m = re.fullmatch(r"/v1/messages/batches/([^/]+)(/results)?", path)
+        if method == "GET" and m:
+            return self._batch(m.group(1), bool(m.group(2)))
+        return 404, _error("not_found_error", f"no route {method} {path}"), {}, None
+
+    def _messages(self, body: dict[str, Any], f: Faults):
+        key = _sha(json.dumps(body, sort_keys=True))
+        with self._lock:
+            attempt = self._state.attempts[key] = self._state.attempts.get(key, 0) + 1
+        if f.latency:
+            time.sleep(f.latency)
+        rng = random.Random(f"{f.seed}:{key}:http")
+        roll = rng.random()
+        if attempt == 1:  # a fault on the first attempt only: the SDK's retry then succeeds
+            headers = {"retry-after-ms": "10", "retry-after": "0"}
+            if roll < f.rate_429:
+                return 429, _error("rate_limit_error", "slow down"), headers, None
+            if roll < f.rate_429 + f.rate_500:
+                return 500, _error("api_error", "internal error"), headers, None
+            if roll < f.rate_429 + f.rate_500 + f.rate_529:
+                return 529, _error("overloaded_error", "overloaded"), headers, None
+        if f.no_tools and body.get("tools"):
+            return 400, _error("invalid_request_error", "tools are not supported by this model"), {}, None
+        message = self.reply(body, f, key)
+        return 200, message, {"request-id": "req_" + key[:20]}, None
+
+    # -- replies --
+
+    def usage(self, body: dict[str, Any]) -> dict[str, int]:
+        """Input tokens as the API would bill them, with the cache simulated."""
+        parts: list[tuple[str, bool]] = []
+        if body.get("tools"):
+            parts.append((json.dumps(body["tools"]), False))
+        system = body.get("system") or []
+        for block in _blocks(system):
+            parts.append((block.get("text", ""), "cache_control" in block))
+        for message in body.get("messages", []):
+            for block in _blocks(message.get("content", "")):
+                parts.append((block.get("text", ""), "cache_control" in block))
+        marks = [i for i, (_, marked) in enumerate(parts) if marked]
+        if not marks:
+            return {"input_tokens": _tokens("".join(t for t, _ in parts))}
+        prefix = "".join(t for t, _ in parts[: marks[-1] + 1])
+        rest = "".join(t for t, _ in parts[marks[-1] + 1 :])
+        n_prefix = _tokens(prefix)
+        if n_prefix < MIN_CACHEABLE:
+            return {"input_tokens": n_prefix + _tokens(rest), "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        cache_key = _sha(body.get("model", "") + prefix)
+        with self._lock:
+            hit = cache_key in self._state.cache
+            self._state.cache.add(cache_key)
+        return {
+            "input_tokens": _tokens(rest),
+            "cache_creation_input_tokens": 0 if hit else n_prefix,
+            "cache_read_input_tokens": n_prefix if hit else 0,
+        }
+
+    def reply(self, body: dict[str, Any], f: Faults, key: str, record: bool = True) -> dict[str, Any]:
+        usage = self.usage(body)
+        user_text = "".join(
+            b.get("text", "") for m in body.get("messages", []) if m.get("role") == "user" for b in _blocks(m.get("content", ""))
+        )
+        rng = random.Random(f"{f.seed}:{key}:reply")
+        pairs, produced = self._pairs(user_text, f, rng)
+        use_tool = bool(body.get("tools")) and not f.text_only
+        stop = "tool_use" if use_tool else "end_turn"
+        roll = rng.random()
+        malformed = roll < f.malformed
+        truncated = not malformed and roll < f.malformed + f.truncated
+        if use_tool:
+            tool = body.get("tool_choice", {}).get("name") or body["tools"][0]["name"]
+            payload: Any = {"pairs": pairs}
+            if malformed:
+                payload = {"pairs": "I have written the pairs above."} if rng.random() < 0.5 else {"items": pairs}
+            elif truncated:
+                first = dict(pairs[0]) if pairs else {}
+                first.pop("quotes", None)
+                payload, stop = {"pairs": [first]}, "max_tokens"
+            content = [{"type": "tool_use", "id": "toolu_" + key[:20], "name": tool, "input": payload}]
+            out_text = json.dumps(payload)
+        else:
+            text = json.dumps({"pairs": pairs}, ensure_ascii=False)
+            if malformed:
+                text = "Here are the pairs you asked for: " + text[: len(text) // 2] + " ... and so on."
+            elif truncated:
+                text, stop = text[: len(text) // 2], "max_tokens"
+            content = [{"type": "text", "text": text}]
+            out_text = text
+        if record and not (malformed or truncated):
+            with self._lock:
+                self.produced.extend(produced)
+        usage["output_tokens"] = _tokens(out_text)
+        return {
+            "id": "msg_" + key[:24],
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "unknown"),
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+
+    def _pairs(self, user_text: str, f: Faults, rng: random.Random) -> tuple[list[dict[str, Any]], list[Produced]]:
+        docs = DOC_RE.findall(user_text)
+        doc_ids = tuple(d for d, _ in docs)
+        m = COUNT_RE.search(user_text)
+        n = int(m.group(1)) if m else 4
+        kinds: list[str] = []
+        if m:
+            for part in m.group(2).split(","):
+                name, _, count = part.partition(":")
+                kinds += [name.strip()] * int(count or 0)
+        kinds = (kinds or ["genuine"] * n)[:n]
+        asked = []
+        if "Questions already asked" in user_text:
+            tail = user_text.split("Questions already asked", 1)[1]
+            asked = [line[2:].strip() for line in tail.splitlines() if line.startswith("- ")]
+        asked_text = " ".join(asked).lower()
+        pool = [(d, s) for d, text in docs for s in sentences(text)]
+        # A fixed order per batch, then skip sentences whose questions were already asked.
+        random.Random(_sha("|".join(doc_ids))).shuffle(pool)
+        fresh = [(d, s) for d, s in pool if _phrase(s) not in asked_text]
+        pairs: list[dict[str, Any]] = []
+        produced: list[Produced] = []
+        genuine_questions: list[str] = []
+        for i, kind in enumerate(kinds):
+            if i >= len(fresh):
+                break
+            doc_id, sentence = fresh[i]
+            question = _question(kind, sentence)
+            quote = sentence
+            roll = rng.random()
+            fault: str | None = None
+            sources, quote_source = [doc_id], doc_id
+            if roll < f.invented:
+                fault, quote = "invented", _invent(sentence, rng)
+            elif roll < f.invented + f.wrong_source:
+                fault = "wrong-source"
+                others = [d for d in doc_ids if d != doc_id]
+                wrong = others[0] if others and rng.random() < 0.5 else f"elsewhere/{doc_id.split('/')[-1]}"
+                sources, quote_source = [wrong], wrong
+            elif roll < f.invented + f.wrong_source + f.duplicate and (asked or genuine_questions):
+                fault = "duplicate"
+                earlier = rng.choice(asked + genuine_questions)
+                question = rng.choice(["So, ", "Tell me: ", ""]) + earlier[:1].lower() + earlier[1:]
+                if question == earlier:
+                    question = earlier.rstrip("?") + ", really?"
+            elif rng.random() < f.quote_noise:
+                quote = _noisy(sentence, rng)
+            answer = _answer(kind, quote if fault == "invented" else sentence)
+            if fault is None:
+                genuine_questions.append(question)
+            pairs.append({
+                "type": kind,
+                "question": question,
+                "answer": answer,
+                "sources": sources,
+                "quotes": [{"source": quote_source, "text": quote}],
+            })
+            produced.append(Produced(question, fault, doc_ids))
+        return pairs, produced
+
+    # -- message batches --
+
+    def _create_batch(self, body: dict[str, Any], f: Faults):
+        requests = body.get("requests") or []
+        results = []
+        for item in requests:
+            params = item["params"]
+            key = _sha(json.dumps(params, sort_keys=True))
+            results.append({"custom_id": item["custom_id"], "result": {"type": "succeeded", "message": self.reply(params, f, key)}})
+        with self._lock:
+            batch_id = f"msgbatch_{len(self._state.batches):04d}_{_sha(json.dumps(body))[:12]}"
+            self._state.batches[batch_id] = {"results": results, "polls": 0, "n": len(requests)}
+        return 200, self._batch_object(batch_id), {}, None
+
+    def _batch_object(self, batch_id: str) -> dict[str, Any]:
+        state = self._state.batches[batch_id]
+        ended = state["polls"] > self.faults.batch_polls
+        n = state["n"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return {
+            "id": batch_id,
+            "type": "message_batch",
+            "processing_status": "ended" if ended else "in_progress",
+            "request_counts": {"processing": 0 if ended else n, "succeeded": n if ended else 0, "errored": 0, "canceled": 0, "expired": 0},
+            "created_at": now,
+            "expires_at": now,
+            "ended_at": now if ended else None,
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "results_url": f"{self.url}/v1/messages/batches/{batch_id}/results" if ended else None,
+        }
+
+    def _batch(self, batch_id: str, results: bool):
+        with self._lock:
+            state = self._state.batches.get(batch_id)
+            if state is None:
+                return 404, _error("not_found_error", f"no batch {batch_id}"), {}, None
+            if not results:
+                state["polls"] += 1
+        if not results:
+            return 200, self._batch_object(batch_id), {}, None
+        # Reversed, so the client must match results by custom_id, not by order.
+        lines = "".join(json.dumps(r) + "\n" for r in reversed(state["results"]))
+        return 200, None, {}, lines.encode()
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
