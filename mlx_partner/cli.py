@@ -160,6 +160,68 @@ def sources(app: App, as_json: bool, token_budget: int | None, themes: int | Non
 
 # --- generate ----------------------------------------------------------------------------------
 
+
+def _mix_option(ctx: click.Context, param: click.Parameter, value: str | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        mix = {}
+        for part in value.split(","):
+            name, _, share = part.partition("=")
+            mix[name.strip()] = float(share)
+        return mix
+    except ValueError:
+        raise click.BadParameter("use kind=share pairs, e.g. genuine=0.5,scenario=0.25,pushback=0.25") from None
+
+
+@cli.command()
+@click.option("--model", help="Generator model (default from partner.toml: a current Claude Sonnet).")
+@click.option("--pairs", "pairs_total", type=click.IntRange(min=1), help="Pairs in all (default: about 9 per 1000 source words).")
+@click.option("--pairs-per-round", type=click.IntRange(min=1, max=50), help="Pairs asked for in one request.")
+@click.option("--mix", callback=_mix_option, help="Share of each kind, e.g. genuine=0.5,scenario=0.25,pushback=0.25.")
+@click.option("--concurrency", type=click.IntRange(min=1, max=64), help="Requests in flight at once (default 4).")
+@click.option("--output", type=click.Choice(["auto", "tool", "json"]), help="Forced tool use, JSON in text, or auto (tool, falling back to JSON).")
+@click.option("--batch-api", is_flag=True, help="Send through the Message Batches API: half price, slower.")
+@click.option("--dry-run", is_flag=True, help="Print the plan, tokens and estimated cost; send nothing.")
+@click.option("--force", is_flag=True, help="Regenerate everything: retire current pairs and send every request again.")
+@pass_app
+def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_round: int | None, mix: dict | None,
+             concurrency: int | None, output: str | None, batch_api: bool, dry_run: bool, force: bool) -> None:
+    """Write grounded question/answer pairs in your voice from your documents, with Claude.
+
+    Documents go in thematic batches; each batch is asked in rounds for genuine questions,
+    scenarios and pushback, answered in the first person from your documents only. Every quote
+    is checked against its document; rejected pairs go to data/rejected.jsonl with the reason.
+    A run that stops (or is killed) continues where it left off; changed documents are
+    regenerated and the pairs citing them retired. Reads ANTHROPIC_API_KEY (or
+    ANTHROPIC_AUTH_TOKEN) and ANTHROPIC_BASE_URL from the environment.
+
+    \b
+    Example:
+      mlx-partner generate --dry-run           # the plan and its cost, nothing sent
+      export ANTHROPIC_API_KEY=...             # never put the key in partner.toml
+      mlx-partner generate --concurrency 8
+    """
+    from .generate import format_plan, format_summary, prepare, run_generate
+
+    settings = app.settings.override(
+        "generate", model=model, pairs_total=pairs_total, pairs_per_round=pairs_per_round, mix=mix,
+        concurrency=concurrency, output=output,
+    )
+    if dry_run:
+        prep = prepare(app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api)
+        click.echo(format_plan(prep, settings.generate, batch_api))
+        return
+    with app.lock("generate"):
+        result = run_generate(
+            app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api,
+            echo=lambda line: click.echo(line, err=True),
+        )
+    click.echo(format_summary(result))
+    if result.failed:
+        sys.exit(1)
+
+
 # --- dataset -----------------------------------------------------------------------------------
 
 # --- train -------------------------------------------------------------------------------------

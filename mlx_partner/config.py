@@ -38,7 +38,8 @@ class SourcesSettings:
 
 @dataclass(frozen=True)
 class GenerateSettings:
-    model: str = _f("claude-sonnet-4-5", "Generator model, e.g. claude-sonnet-4-5 or glm-4.6 behind ANTHROPIC_BASE_URL.")
+    # claude-sonnet-4-5 is deprecated in the anthropic SDK (end of life November 30th, 2026).
+    model: str = _f("claude-sonnet-5-5", "Generator model, e.g. claude-sonnet-5-5, claude-haiku-4-5, or glm-4.6 behind ANTHROPIC_BASE_URL.")
     pairs_total: int = _f(0, "Pairs to generate in all (0 = about 9 per 1000 source words, the seed run's scale).")
     pairs_per_round: int = _f(8, "Pairs asked for in one request.")
     mix: dict = _f({"genuine": 0.5, "scenario": 0.25, "pushback": 0.25}, "Share of each kind of pair.")
@@ -48,6 +49,7 @@ class GenerateSettings:
     max_tokens: int = _f(8192, "Largest reply, in tokens.")
     validation_retries: int = _f(2, "Times a reply that fails validation is asked again.")
     output: str = _f("auto", "Structured output: 'tool' (forced tool use), 'json' (JSON in text) or 'auto'.")
+    poll_interval: float = _f(10.0, "Seconds between status checks of a Message Batch (--batch-api).")
 
 
 @dataclass(frozen=True)

@@ -28,3 +28,16 @@ def tiny_model(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-chatml", template="chatml")
+
+
+@pytest.fixture
+def fake_anthropic():
+    """A local Anthropic Messages API server (tests/fake_anthropic.py): `.url`, `.configure(...)`,
+    `.produced` (every pair it sent, tagged genuine or injected)."""
+    from fake_anthropic import FakeAnthropic
+
+    server = FakeAnthropic().start()
+    try:
+        yield server
+    finally:
+        server.stop()
