@@ -1,0 +1,332 @@
+"""`mlx-partner retrain` and `mlx-partner runs`: new coursework in, a better partner out, and proof.
+
+    changes = pending_changes(ws, settings)          # what is new since the latest run (pure read)
+    result = run_retrain(ws, settings)               # generate -> dataset -> train -> fuse -> eval
+    rows = list_runs(ws)                             # every run with its key metrics
+
+`retrain` runs the whole chain after documents are added or changed, but only where something
+changed: generation sends requests only for batches whose source hashes changed (generate's own
+ledger decides), the dataset is rebuilt with the earlier test pairs pinned to the test split, a new
+run is trained (from the base model, or from the latest adapters with `continue_`), fused and
+evaluated on the same held-out pairs as the previous run, so the two can be compared side by side.
+With nothing new it says so and spends nothing, unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import PartnerError, TrainingError
+from .workspace import Workspace, workspace_lock
+
+Echo = Callable[[str], None]
+
+
+# --- what changed since the latest run ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What is new since the latest run, read from the workspace without writing anything."""
+
+    latest_run: str | None
+    new_documents: tuple[str, ...] = ()
+    changed_documents: tuple[str, ...] = ()
+    removed_documents: tuple[str, ...] = ()
+    batches_to_generate: tuple[str, ...] = ()  # batch ids with requests still to send
+    requests: int = 0
+    stale_pairs: int = 0  # pairs to retire: a document they cite changed or is gone
+    dataset_outdated: bool = False  # pairs on disk differ from those the latest run trained on
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.reasons)
+
+
+def _latest(ws: Workspace) -> tuple[Path, dict[str, Any]] | None:
+    from .train import find_run, read_manifest
+
+    try:
+        run_dir = find_run(ws)
+    except TrainingError:
+        return None
+    return run_dir, read_manifest(run_dir)
+
+
+def describe_documents(previous: dict[str, str], current: dict[str, str]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(new, changed, removed) document ids between two {doc_id: sha256} maps."""
+    new = tuple(sorted(d for d in current if d not in previous))
+    changed = tuple(sorted(d for d in current if d in previous and previous[d] != current[d]))
+    removed = tuple(sorted(d for d in previous if d not in current))
+    return new, changed, removed
+
+
+def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None, active_ids: set[str]) -> str:
+    """Why the latest run's training data differs from the pairs now on disk ('' if it does not)."""
+    from .dataset import dataset_hash, load_manifest
+    from .errors import DatasetError
+
+    if manifest is None:
+        return ""
+    try:
+        built = load_manifest(ws)
+    except DatasetError:
+        return "there is no dataset yet"
+    trained_on = (manifest.get("dataset") or {}).get("dataset_json_hash")
+    if trained_on and trained_on != built.get("hash"):
+        return f"the dataset was rebuilt after run {manifest.get('run')} was trained"
+    if built.get("hash") and dataset_hash(ws) != built.get("hash"):
+        return "the split files were changed after `dataset` wrote them"
+    ids = {i for split in (built.get("ids") or {}).values() for i in split}
+    if ids - active_ids:
+        return f"{len(ids - active_ids)} pairs the dataset holds are no longer in data/pairs/"
+    if len(active_ids) > int(built.get("pairs_read") or 0):
+        return f"{len(active_ids) - int(built.get('pairs_read') or 0)} pairs in data/pairs/ are not in the dataset yet"
+    return ""
+
+
+def pending_changes(ws: Workspace, settings: Settings) -> Changes:
+    """Documents, generation rounds and pairs that are new since the latest run; nothing is written."""
+    from .generate import prepare
+
+    latest = _latest(ws)
+    prep = prepare(ws, settings.generate, settings.sources)
+    new, changed, removed = describe_documents(prep.previous_hashes, prep.hashes)
+    todo = [p for p in prep.plans if p.todo]
+    active_ids = {str(p.get("id")) for pairs in prep.active.values() for p in pairs}
+    outdated = _dataset_outdated(ws, latest[1] if latest else None, active_ids)
+    reasons = []
+    if new or changed or removed:
+        reasons.append(f"documents: {len(new)} new, {len(changed)} changed, {len(removed)} removed")
+    if todo:
+        reasons.append(f"{sum(len(p.todo) for p in todo)} generation requests to send for {', '.join(p.batch.id for p in todo)}")
+    if prep.stale:
+        reasons.append(f"{len(prep.stale)} pairs to retire (their sources changed or were removed)")
+    if outdated:
+        reasons.append(outdated)
+    return Changes(
+        latest_run=latest[0].name if latest else None,
+        new_documents=new, changed_documents=changed, removed_documents=removed,
+        batches_to_generate=tuple(p.batch.id for p in todo),
+        requests=sum(len(p.todo) for p in todo),
+        stale_pairs=len(prep.stale),
+        dataset_outdated=bool(outdated),
+        reasons=tuple(reasons),
+    )
+
+
+# --- the chain ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrainResult:
+    changes: Changes
+    old_run: str | None = None
+    new_run: str | None = None
+    requests_sent: int = 0
+    pairs_accepted: int = 0
+    fused_path: Path | None = None
+    old_metrics: dict[str, Any] | None = None
+    new_metrics: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> bool:
+        return self.new_run is None
+
+
+def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, continue_: bool = False,
+                run_name: str | None = None, fuse: bool = True, limit: int | None = None,
+                max_tokens: int | None = None, progress: bool = True, echo: Echo | None = None) -> RetrainResult:
+    """Generate what changed, rebuild the dataset (test pairs kept), train, fuse and evaluate."""
+    from . import evaluate
+
+    say: Echo = echo or (lambda _s: None)
+    with workspace_lock(ws, "retrain"):
+        latest = _latest(ws)
+        if latest is None:
+            raise TrainingError(
+                f"There is no earlier run in {ws.root} to retrain; build the first one with "
+                f"`mlx-partner generate`, `mlx-partner dataset` and `mlx-partner train`."
+            )
+        old_dir, old_manifest = latest
+        changes = pending_changes(ws, settings)
+        result = RetrainResult(changes=changes, old_run=old_dir.name)
+        if not changes.anything and not force:
+            return result
+        for reason in changes.reasons:
+            say(f"Changed: {reason}.")
+
+        # 1. Generation, only for what changed (generate skips every request its ledger has done).
+        if changes.requests:
+            from .generate import format_summary, run_generate
+
+            say(f"Generating: {changes.requests} requests for {', '.join(changes.batches_to_generate)}.")
+            gen = run_generate(ws, settings.generate, settings.sources, echo=say)
+            result.requests_sent, result.pairs_accepted = gen.requests, gen.accepted
+            say(format_summary(gen))
+            if gen.failed:
+                raise PartnerError(
+                    f"Generation failed for {', '.join(sorted(gen.failed))}; the pairs that arrived are kept: "
+                    f"fix the cause and run `mlx-partner retrain` again (finished requests are not sent twice)."
+                )
+        elif changes.stale_pairs or changes.removed_documents or changes.changed_documents:
+            _retire_without_requests(ws, settings)
+
+        # 2. The dataset, with the earlier test pairs pinned so the two runs are scored alike.
+        from .dataset import run_dataset
+
+        base_model = str(old_manifest.get("base_model") or settings.train.base_model) if continue_ else None
+        train_settings = settings.override("train", base_model=base_model) if base_model else settings
+        report = run_dataset(ws, train_settings, keep_test=True)
+        say(f"Dataset: {report.counts['train']} train, {report.counts['valid']} valid, {report.counts['test']} test "
+            f"(earlier test pairs kept in test).")
+
+        # 3. A new run, from the base model or from the latest adapters.
+        from .train import run_train
+
+        if continue_:
+            say(f"Training a new run from the adapters of {old_dir.name}.")
+        trained = run_train(ws, train_settings, run_name=run_name, continue_from=old_dir.name if continue_ else None,
+                            progress=progress)
+        if trained.status != "finished":
+            raise TrainingError(f"Training {trained.run} {trained.status}; nothing was fused or evaluated.")
+        result.new_run = trained.run
+        result.notes += trained.notes
+
+        # 4. Fuse (optional: eval uses the adapters directly, which give the same greedy output).
+        if fuse:
+            result.fused_path = _fuse(ws, train_settings, trained.run, progress)
+
+        # 5. Evaluate both runs on the same held-out pairs.
+        kwargs: dict[str, Any] = {"progress": progress}
+        if limit is not None:
+            kwargs["limit"] = limit
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        old_metrics = evaluate.read_metrics(ws, old_dir.name)
+        if old_metrics is None or (old_metrics.get("scores") or {}).get("tuned") is None:
+            say(f"Evaluating {old_dir.name} (it has no evaluation yet).")
+            old_metrics = evaluate.run_eval(ws, settings, old_dir.name, **kwargs).metrics
+        say(f"Evaluating {trained.run} on the same held-out pairs.")
+        result.old_metrics = old_metrics
+        result.new_metrics = evaluate.run_eval(ws, settings, trained.run, compare_with=old_dir.name, **kwargs).metrics
+        return result
+
+
+def _retire_without_requests(ws: Workspace, settings: Settings) -> None:
+    """Documents changed or went away but nothing new is to be asked: retire the stale pairs only.
+
+    Uses generate's own `prepare` and `retire`, and records the new source hashes as generate does,
+    so no credentials are needed when no request is sent.
+    """
+    from .generate import prepare, retire
+    from .workspace import atomic_write_json
+
+    prep = prepare(ws, settings.generate, settings.sources)
+    retire(ws, prep)
+    atomic_write_json(ws.data_dir / "sources.json", prep.hashes)
+
+
+def _fuse(ws: Workspace, settings: Settings, run: str, progress: bool) -> Path | None:
+    from . import fuse as fuse_module
+
+    out = fuse_module.run_fuse(ws, settings, run=run, progress=progress)
+    return getattr(out, "path", None) or getattr(out, "out_dir", None) or (out if isinstance(out, Path) else None)
+
+
+def format_comparison(result: RetrainResult) -> str:
+    """The old and new runs side by side, over the held-out pairs both were scored on."""
+    from .evaluate import comparison_rows, table
+
+    metrics = result.new_metrics or {}
+    comparison = metrics.get("comparison")
+    if not comparison:
+        return ""
+    head = (f"{comparison['new']} against {comparison['old']}, on the same held-out pairs "
+            f"({comparison['shared_answers']} answers, {comparison['shared_test_loss']} test pairs for loss):")
+    return head + "\n" + table(["metric", comparison["old"], comparison["new"], "better"], comparison_rows(comparison))
+
+
+# --- runs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRow:
+    name: str
+    started: str
+    base_model: str
+    examples: int | None  # training examples
+    best_val_loss: float | None
+    status: str
+    latest: bool
+    continued_from: str | None = None
+    f1: float | None = None
+    rouge_l: float | None = None
+    style: float | None = None
+    grounded: float | None = None
+    fused: bool = False
+
+
+def list_runs(ws: Workspace) -> list[RunRow]:
+    """Every run under adapters/ (oldest first), with its eval scores where it has been evaluated."""
+    from .evaluate import read_metrics
+    from .train import find_run
+
+    adapters = ws.adapters_dir
+    if not adapters.is_dir():
+        return []
+    try:
+        latest = find_run(ws).name
+    except TrainingError:
+        latest = None
+    rows = []
+    for path in sorted(adapters.glob("*/manifest.json")):
+        run_dir = path.parent
+        if run_dir.is_symlink():
+            continue  # adapters/latest points at a real run listed under its own name
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            rows.append(RunRow(run_dir.name, "", "", None, None, "unreadable manifest", run_dir.name == latest))
+            continue
+        best = m.get("best") or {}
+        counts = (m.get("dataset") or {}).get("counts") or {}
+        tuned = ((read_metrics(ws, run_dir.name) or {}).get("summary") or {}).get("tuned") or {}
+        rows.append(RunRow(
+            name=str(m.get("run") or run_dir.name),
+            started=str(m.get("started") or ""),
+            base_model=str(m.get("base_model") or ""),
+            examples=counts.get("train"),
+            best_val_loss=best.get("val_loss"),
+            status=str(m.get("status") or "unknown"),
+            latest=run_dir.name == latest,
+            continued_from=m.get("continued_from"),
+            f1=tuned.get("f1"), rouge_l=tuned.get("rouge_l"), style=tuned.get("style"), grounded=tuned.get("grounded"),
+            fused=(ws.models_dir / run_dir.name / "config.json").exists(),
+        ))
+    rows.sort(key=lambda r: (r.started, r.name))
+    return rows
+
+
+def format_runs(rows: list[RunRow]) -> str:
+    from .evaluate import table
+
+    def f(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    body = []
+    for r in rows:
+        name = r.name + (" *" if r.latest else "")
+        started = r.started.replace("T", " ")[:16]
+        status = r.status + (", fused" if r.fused else "") + (f", from {r.continued_from}" if r.continued_from else "")
+        body.append([name, started, r.base_model, "-" if r.examples is None else str(r.examples),
+                     f(r.best_val_loss), f(r.f1), f(r.rouge_l), f(r.style), f(r.grounded, 2), status])
+    headers = ["run", "started", "base model", "train", "best val", "F1", "ROUGE-L", "style", "grounded", "status"]
+    return table(headers, body) + "\n* latest: what `chat`, `fuse` and `eval` use by default."
