@@ -281,6 +281,135 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
 # --- eval / retrain / runs ---------------------------------------------------------------------
 
 
+def _echo_eval(metrics: dict, out_dir: Path) -> None:
+    from .evaluate import comparison_rows, summary_rows, table
+
+    click.echo(table(["metric", "base", metrics["run"]], summary_rows(metrics)))
+    comparison = metrics.get("comparison")
+    if comparison:
+        click.echo(f"\n{comparison['new']} against {comparison['old']} on the same held-out pairs "
+                   f"({comparison['shared_answers']} answers, {comparison['shared_test_loss']} test pairs for loss):")
+        click.echo(table(["metric", comparison["old"], comparison["new"], "better"], comparison_rows(comparison)))
+    click.echo(f"\nReport: {out_dir / 'report.md'} (chart.png, metrics.json beside it)")
+
+
+@cli.command("eval")
+@click.option("--run", "run_name", help="The run to evaluate (default: the latest).")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Held-out questions answered by each model (loss uses up to 100 pairs per split).")
+@click.option("--probes", type=click.IntRange(min=0), default=6, show_default=True,
+              help="Questions on topics absent from your sources (groundedness probe).")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True, help="Longest generated answer.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing questions and probes.")
+@click.option("--compare", "compare_with", help="An earlier evaluated run to compare with on the pairs both share.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@pass_app
+def eval_command(app: App, run_name: str | None, limit: int, probes: int, max_tokens: int, seed: int,
+                 compare_with: str | None, quiet: bool) -> None:
+    """Compare the base model and a tuned run on your held-out pairs.
+
+    Scores both on the test split (and valid): loss and perplexity on your answers, generated
+    answers against yours (word F1, ROUGE-L), style similarity to your sources, and how often
+    each says it has not written about topics absent from your sources. Greedy decoding: the
+    same run, data and seed give the same numbers. Writes eval/<run>/report.md, chart.png and
+    metrics.json.
+
+    \b
+    Example:
+      mlx-partner eval                         # the latest run, 20 questions
+      mlx-partner eval --run run-2 --compare run-1 --limit 40
+    """
+    from .evaluate import run_eval
+
+    with app.lock("eval"):
+        result = run_eval(app.workspace, app.settings, run_name, limit=limit, probes=probes, max_tokens=max_tokens,
+                          seed=seed, compare_with=compare_with, progress=not quiet)
+    _echo_eval(result.metrics, result.out_dir)
+
+
+@cli.command()
+@click.option("--continue", "continue_", is_flag=True, help="Start from the latest run's adapters instead of the base model.")
+@click.option("--force", is_flag=True, help="Retrain even if nothing changed.")
+@click.option("--dry-run", is_flag=True, help="Only say what changed since the latest run; do nothing.")
+@click.option("--run", "run_name", help="Name of the new run (default: run-<date>-<time>).")
+@click.option("--no-fuse", is_flag=True, help="Skip fusing the new run into models/<run>/.")
+@click.option("--limit", type=click.IntRange(min=1), help="Held-out questions answered in the evaluation (default 20).")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Longest generated answer in the evaluation (default 128).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@pass_app
+def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str | None, no_fuse: bool,
+            limit: int | None, max_tokens: int | None, quiet: bool) -> None:
+    """After you add or change documents: generate, rebuild, train, fuse and evaluate again.
+
+    Only what changed is generated (batches whose documents changed); the earlier test pairs
+    stay in the test split, so the new run is scored on the same pairs as the old one, and the
+    two are printed side by side. With nothing new it says so and spends nothing (--force to
+    retrain anyway). Reads ANTHROPIC_API_KEY from the environment when it has to generate.
+
+    \b
+    Example:
+      cp ~/coursework/week-9.md sources/ethics/
+      mlx-partner retrain --dry-run            # what changed, nothing done
+      mlx-partner retrain                      # a new run from the base model
+      mlx-partner retrain --continue           # ... or from the latest adapters
+    """
+    from .retrain import format_comparison, pending_changes, run_retrain
+
+    ws = app.workspace
+    if dry_run:
+        changes = pending_changes(ws, app.settings)
+        if not changes.anything:
+            click.echo(f"Nothing changed since run {changes.latest_run or '(none yet)'}.")
+        for reason in changes.reasons:
+            click.echo(f"Changed: {reason}.")
+        return
+    result = run_retrain(ws, app.settings, force=force, continue_=continue_, run_name=run_name, fuse=not no_fuse,
+                         limit=limit, max_tokens=max_tokens, progress=not quiet,
+                         echo=lambda line: click.echo(line, err=True))
+    if result.skipped:
+        click.echo(f"Nothing changed since run {result.old_run}: no new or changed documents, nothing to generate, "
+                   f"and the dataset is the one it was trained on. Nothing was done (use --force to retrain anyway).")
+        return
+    for note in result.notes:
+        click.echo(f"Note: {note}", err=True)
+    if result.requests_sent:
+        click.echo(f"Generated: {result.requests_sent} requests, {result.pairs_accepted} pairs accepted.")
+    click.echo(f"New run: {result.new_run}" + (f" (fused: {result.fused_path})" if result.fused_path else ""))
+    comparison = format_comparison(result)
+    if comparison:
+        click.echo("\n" + comparison)
+    click.echo(f"\nReport: {ws.eval_dir / result.new_run / 'report.md'}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@pass_app
+def runs(app: App, as_json: bool) -> None:
+    """List the training runs with their key metrics; * marks the latest.
+
+    Shows each run's start, base model, training examples, best validation loss, and its eval
+    scores (answer F1, ROUGE-L, style, grounded share) once `mlx-partner eval` has run on it.
+
+    \b
+    Example:
+      mlx-partner runs
+      mlx-partner eval --run run-20250101-120000   # fill in a run's scores
+    """
+    import dataclasses
+    import json
+
+    from .retrain import format_runs, list_runs
+
+    rows = list_runs(app.workspace)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"No runs yet in {app.workspace.adapters_dir}; train one with `mlx-partner train`.")
+        return
+    click.echo(format_runs(rows))
+
+
 def main() -> None:
     """Console entry point: a fast BLAS for MLX commands on Linux, then the CLI."""
     if MLX_COMMANDS & set(sys.argv[1:]):
