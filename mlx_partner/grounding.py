@@ -27,8 +27,8 @@ QUOTE_MIN_RATIO = 0.92
 # could be anything.
 QUOTE_MIN_FUZZY_CHARS = 24
 QUOTE_MIN_CHARS = 12
-# Near-duplicate questions: cosine similarity of character 4-gram counts, above which two
-# questions ask the same thing.
+# Near-duplicate questions: cosine similarity of the character 4-gram counts of their content
+# words, above which two questions ask the same thing.
 DUPLICATE_THRESHOLD = 0.82
 
 _QUOTES = {ord(c): "'" for c in "\u2018\u2019\u201a\u201b\u2032\u00b4`"} | {
@@ -47,6 +47,7 @@ _STOPWORD_TEXT = """a about above after again against all also am an and any are
     which while who whom why will with would you your yours yourself yourselves i'm it's don't
     isn't that's what's you're they're we're there's let's one ever even much many"""
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+NEGATIONS = frozenset(["not", "no", "never", "nor", "none", "nothing", "nobody", "nowhere", "neither", "cannot", "without"])
 
 
 def normalise(text: str) -> str:
@@ -67,11 +68,20 @@ def content_words(text: str) -> set[str]:
     for w in words(text):
         if w in STOPWORDS or len(w) < 3:
             continue
-        out.add(w[:-1] if len(w) > 4 and w.endswith("s") and not w.endswith("ss") else w)
+        out.add(_fold(w))
     return out
 
 
 # --- quotes ------------------------------------------------------------------------------------
+
+
+def _negations(tokens: Iterable[str]) -> int:
+    return sum(1 for w in tokens if w in NEGATIONS or w.endswith("n't"))
+
+
+def _typo_of(word: str, candidates: Iterable[str]) -> bool:
+    """A word the quote changed slightly (a typo, a spelling variant), not a different word."""
+    return len(word) >= 4 and bool(difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.8))
 
 
 def quote_score(quote: str, document: str) -> float:
@@ -79,8 +89,10 @@ def quote_score(quote: str, document: str) -> float:
 
     Exact (normalised) containment scores 1.0. Otherwise candidate spans are anchored on word
     trigrams the quote shares with the document, and each span of about the quote's length is
-    compared with difflib; a span must also contain nearly every word of the quote, so swapping
-    words for synonyms fails even when the characters mostly agree.
+    compared with difflib. A span only counts if the words agree too: every word of the quote
+    missing from the span must be a near-spelling of a word there (a typo, not a synonym), at
+    most one in ten, and both must hold the same number of negations ("not", "never", "n't"),
+    so "is not" quoted as "is" fails however close the characters are.
     """
     q = normalise(quote).strip(" .,;:\"'")
     d = normalise(document)
@@ -101,7 +113,8 @@ def quote_score(quote: str, document: str) -> float:
             if len(starts) > 64:  # a very common trigram: enough candidates already
                 break
     best = 0.0
-    q_set = Counter(_WORD.findall(q))
+    q_tokens = _WORD.findall(q)
+    allowed = max(1, len(q_tokens) // 10)
     for start in sorted(starts):
         for lo in (start - 3, start, start + 3):
             lo = max(0, lo)
@@ -110,10 +123,16 @@ def quote_score(quote: str, document: str) -> float:
                 ratio = difflib.SequenceMatcher(None, q, span, autojunk=False).ratio()
                 if ratio <= best:
                     continue
-                missing = sum((q_set - Counter(_WORD.findall(d[max(0, lo - 20) : lo + length + 20]))).values())
-                # At most one word in ten may be absent (a typo, a dropped article).
-                if missing <= max(1, len(q_words) // 10):
-                    best = ratio
+                # The span widened to whole words, so a cut word at either end still counts.
+                a = d.rfind(" ", 0, lo) + 1
+                b = d.find(" ", lo + length)
+                whole = _WORD.findall(d[a : len(d) if b < 0 else b])
+                missing = list((Counter(q_tokens) - Counter(whole)).elements())
+                if len(missing) > allowed or not all(_typo_of(w, whole) for w in missing):
+                    continue
+                if _negations(q_tokens) != _negations(whole):
+                    continue
+                best = ratio
     return best
 
 
@@ -197,13 +216,25 @@ def question_key(question: str) -> str:
     return " ".join(words(question))
 
 
+def _fold(word: str) -> str:
+    return word[:-1] if len(word) > 4 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def _gist(question: str) -> str:
+    """The question's content words in order (plurals folded): "Why do you count the benches on
+    streets?" and "Why do you count benches on a street?" both become "count benche street"."""
+    tokens = words(question)
+    kept = [_fold(w) for w in tokens if w not in STOPWORDS and len(w) >= 3]
+    return " ".join(kept) if len(kept) >= 2 else " ".join(tokens)
+
+
 def _grams(question: str, n: int = 4) -> Counter[str]:
-    text = f" {question_key(question)} "
+    text = f" {_gist(question)} "
     return Counter(text[i : i + n] for i in range(max(1, len(text) - n + 1)))
 
 
 def similarity(a: str, b: str) -> float:
-    """Cosine similarity of character 4-gram counts: 1.0 for the same words, ~0.3 for unrelated."""
+    """Cosine similarity of the character 4-grams of two questions' content words (1.0 = same)."""
     ga, gb = _grams(a), _grams(b)
     dot = sum(v * gb.get(k, 0) for k, v in ga.items())
     norm = math.sqrt(sum(v * v for v in ga.values())) * math.sqrt(sum(v * v for v in gb.values()))
