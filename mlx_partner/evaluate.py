@@ -484,7 +484,7 @@ class Progress:
             if self.done >= self.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-        elif self.done >= self.total or self.done == 0:
+        elif self.done >= self.total and self.total:  # not a terminal: only the finished line
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
 
@@ -826,12 +826,22 @@ def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str
     return rows
 
 
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell.rstrip("%"))
+    except ValueError:
+        return cell in ("-", "")
+    return True
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain aligned text table (first column left, the rest right-aligned)."""
+    """A plain aligned text table: columns of numbers right-aligned, the rest (and the first) left."""
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    right = [i > 0 and all(_numeric(str(r[i])) for r in rows) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(str(c).rjust(w) if right[i] else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
