@@ -361,6 +361,43 @@ def test_flattened_example_is_regrouped_by_content(tmp_path, seed):
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+){1,2}", b.theme), b.theme
 
 
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nightshift"  # 12 short essays, 4 theme folders
+
+
+def flattened(*folders: Path) -> tuple[list[Document], dict[str, str]]:
+    """Documents of the given source folders with folder and front-matter themes taken away."""
+    docs, truth = [], {}
+    for folder in folders:
+        for d in load_documents(folder)[0]:
+            docs.append(Document(**{**d.__dict__, "id": f"{folder.name}-{len(docs):02d}.md", "theme": None, "theme_source": None}))
+            truth[docs[-1].id] = d.id.split("/")[0]
+    return docs, truth
+
+
+def test_fixture_corpus_folders_and_flattened():
+    docs, _ = load_documents(FIXTURE)
+    assert {b.theme for b in plan_batches(docs, 12000)} == {"cycling", "families", "handover", "sleep"}
+    flat, truth = flattened(FIXTURE)
+    for seed in (0, 1, 2):
+        found = {c.doc_id: b.theme for b in plan_batches(flat, 12000, seed=seed) for c in b.chunks}
+        ids = sorted(truth)
+        assert best_matching_agreement([truth[i] for i in ids], [found[i] for i in ids]) >= 10, found
+
+
+def test_two_authors_flattened_make_eight_themes():
+    example_documents()
+    flat, truth = flattened(FIXTURE, EXAMPLE_SOURCES)
+    batches = plan_batches(flat, 12000, seed=0)
+    found = {c.doc_id: b.theme for b in batches for c in b.chunks}
+    assert 7 <= len({b.theme for b in batches}) <= 9
+    # Each found theme draws mostly on one true theme.
+    by_theme: dict[str, list[str]] = {}
+    for doc_id, theme in found.items():
+        by_theme.setdefault(theme, []).append(truth[doc_id])
+    purity = sum(max(members.count(t) for t in set(members)) for members in by_theme.values())
+    assert purity >= 20, by_theme
+
+
 def test_automatic_themes_are_deterministic_and_countable(tmp_path):
     example_documents()
     docs = [
