@@ -328,7 +328,7 @@ def adapter_config(s: TrainSettings, model_path: Path, n_layers: int, schedule: 
         "batch_size": s.batch_size,
         "iters": schedule.iters,
         "learning_rate": s.learning_rate,
-        "lr_schedule": {"name": "cosine_decay", "warmup": schedule.warmup,
+        "lr_schedule": {"name": "cosine_decay", "warmup": schedule.warmup, "warmup_init": s.learning_rate * 0.01,
                         "arguments": [s.learning_rate, max(schedule.updates - schedule.warmup, 1), s.learning_rate * 0.1]},
         "grad_accumulation_steps": s.grad_accumulation,
         "max_seq_length": s.max_seq_length,

@@ -10,6 +10,7 @@ through) the callback; whatever happens, the best adapters and the last checkpoi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import shutil
 import time
@@ -208,8 +209,6 @@ def _build(model: Any, s: TrainSettings) -> None:
 
     model.freeze()
     n = len(model.layers)
-    if s.num_layers > n:
-        raise TrainingError(f"--num-layers {s.num_layers} is more than the model's {n} layers; use {n} or -1 (all).")
     if s.fine_tune_type == "full":
         for layer in model.layers[-max(s.num_layers, 0) if s.num_layers >= 0 else 0:]:
             layer.unfreeze()
@@ -268,6 +267,8 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
 
     loaded = load_model(s.base_model, workspace_root=ws.root)
     model, tokenizer = loaded.model, loaded.tokenizer
+    if s.num_layers > len(model.layers):  # the default 16 on a smaller model means "all of them"
+        s = dataclasses.replace(s, num_layers=len(model.layers))
     data = load_data(ws, tokenizer, s)
     sched = plan_schedule(len(data.train), s)
     on_cpu = is_cpu_backend()
