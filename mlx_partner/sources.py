@@ -19,6 +19,7 @@ import json
 import math
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,18 @@ class Batch:
         return tuple(dict.fromkeys(c.doc_id for c in self.chunks))
 
 
+_WIDE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
 def estimate_tokens(text: str) -> int:
-    """About 4 characters a token for English prose, as the Anthropic docs suggest."""
-    return max(1, round(len(text) / 4)) if text else 0
+    """About 4 characters a token for English prose, as the Anthropic docs suggest.
+
+    Chinese, Japanese and Korean characters count about one token each.
+    """
+    if not text:
+        return 0
+    wide = len(_WIDE.findall(text))
+    return max(1, round((len(text) - wide) / 4) + wide)
 
 
 def _sha256(text: str) -> str:
@@ -514,6 +524,12 @@ def plan_batches(documents: list[Document], token_budget: int, seed: int = 0, th
     if not documents:
         return []
     assigned = assign_themes(documents, token_budget, seed, themes)
+    # "Bread" in front matter and a bread/ folder are one theme, under its most used spelling.
+    spellings: dict[str, Counter[str]] = {}
+    for theme, _ in assigned.values():
+        spellings.setdefault(slug(theme), Counter())[theme] += 1
+    canonical = {key: min(c, key=lambda t: (-c[t], t)) for key, c in spellings.items()}
+    assigned = {i: (canonical[slug(theme)], auto) for i, (theme, auto) in assigned.items()}
     hashes = {d.id: d.sha256 for d in documents}
     by_theme: dict[str, list[Document]] = {}
     for d in sorted(documents, key=lambda d: d.id):

@@ -43,6 +43,11 @@ _STOPWORD_TEXT = """a about above after again against all almost also although a
     won would wouldn yet you your yours yourself yourselves two three first second new old good
     bad time times day days year years lot lots want wants back come comes came put puts"""
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+# Common verbs that help clustering a little but make poor theme names ("told-family").
+_NOT_NAME_TEXT = """told tell asked ask went felt feel took taken found find left right once instead usually
+    probably actually simply almost ago thought knew gave tried turned called mean meant seemed saw
+    became began brought kept wait waited start started stop stopped"""
+_NOT_NAMES = frozenset(_NOT_NAME_TEXT.split())
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
 
 
@@ -254,6 +259,7 @@ def slug(name: str) -> str:
 
 def _label(weights: np.ndarray, names: list[str], taken: set[str]) -> str:
     order = [int(i) for i in np.argsort(-weights, kind="stable") if weights[i] > 0]
+    order = [i for i in order if names[i] not in _NOT_NAMES] or order
     for count in (2, 3):
         label = "-".join(slug(names[i]) for i in order[:count]) or "theme"
         if label not in taken:

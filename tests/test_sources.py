@@ -238,6 +238,14 @@ def test_top_level_documents_have_no_theme(tmp_path):
     assert (doc.theme, doc.theme_source) == (None, None)
 
 
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("", 0), ("a", 1), ("abcd" * 100, 100), ("日本語の文章" * 10, 60), ("Hello 世界", 4)],
+)
+def test_estimate_tokens(text, tokens):
+    assert estimate_tokens(text) == tokens
+
+
 def test_content_hash_ignores_rewrapping_but_not_words():
     assert content_hash("one two\nthree") == content_hash("one  two three\n")
     assert content_hash("one two three") != content_hash("one two four")
@@ -446,17 +454,21 @@ def test_batch_ids_are_filesystem_safe_and_hashes_stable():
     docs = [
         make_doc("Über Ethik/a.md", "Pflicht und Neigung.", theme="Über Ethik"),
         make_doc("x/b.md", "Second document.", theme="a/b: c*?"),
-        make_doc("y/c.md", "Third document.", theme="ethics"),
-        make_doc("z/d.md", "Fourth document.", theme="Ethics"),
+        make_doc("y/c.md", "Third document.", theme="Ethics"),
+        make_doc("ethics/d.md", "Fourth document.", theme="ethics"),
+        make_doc("Ethics/e.md", "Fifth document.", theme="Ethics"),
     ]
     batches = plan_batches(docs, token_budget=1000)
     ids = [b.id for b in batches]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", i) for i in ids), ids
-    assert "uber-ethik" in ids and "a-b-c" in ids
+    assert sorted(ids) == ["a-b-c", "ethics", "uber-ethik"]
+    # Themes that differ only in case or punctuation are one, under the most used spelling.
+    assert [b.doc_ids for b in batches if b.id == "ethics"] == [("Ethics/e.md", "ethics/d.md", "y/c.md")]
+    assert {b.theme for b in batches} == {"Über Ethik", "a/b: c*?", "Ethics"}
     again = plan_batches(list(reversed(docs)), token_budget=1000)
     assert [(b.id, b.sha256) for b in batches] == [(b.id, b.sha256) for b in again]
-    edited = [docs[0], docs[1], docs[2], make_doc("z/d.md", "Fourth document, edited.", theme="Ethics")]
+    edited = [*docs[:3], make_doc("ethics/d.md", "Fourth document, edited.", theme="ethics"), docs[4]]
     changed = {b.id: b.sha256 for b in plan_batches(edited, 1000)}
     before = {b.id: b.sha256 for b in batches}
     assert [i for i in before if before[i] != changed[i]] == [next(b.id for b in batches if b.theme == "Ethics")]
