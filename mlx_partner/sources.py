@@ -425,7 +425,12 @@ def _spans(text: str, start: int, end: int, breaks: re.Pattern[str]) -> list[tup
         pos = match.end()
     if pos < end:
         out.append((pos, end))
-    return [(s, e) for s, e in out if text[s:e].strip()]
+    trimmed = []
+    for s, e in out:  # no chunk starts or ends in whitespace
+        piece = text[s:e]
+        if piece.strip():
+            trimmed.append((s + len(piece) - len(piece.lstrip()), e - len(piece) + len(piece.rstrip())))
+    return trimmed
 
 
 def _word_spans(text: str, start: int, end: int, max_chars: int) -> list[tuple[int, int]]:

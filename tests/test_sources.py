@@ -290,6 +290,7 @@ CHUNK_CASES = [
     (paragraphs(50, 1200, 50), 300, None),
     ("word " * 3000, 200, None),  # no sentence ends at all
     ("x" * 5000, 200, None),  # one giant token
+    ("Trailing spaces.   \n  \n   Indented next.  \n\n" * 200, 150, None),
     ("First para.\n\n\n   \n\nSecond para, after blank lines with spaces.\n\n" + paragraphs(600), 300, None),
 ]
 
