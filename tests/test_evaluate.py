@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 import zlib
@@ -251,3 +252,142 @@ def test_bar_chart_draws_bars_of_the_right_height():
     blue = bytes((46, 110, 190))
     rows_with_blue = sum(1 for y in range(height) if blue in raw[y * stride + 1 : (y + 1) * stride])
     assert rows_with_blue >= 100  # the full-height bar (plus the legend swatch)
+
+
+# --- the command, on the tiny model ------------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _invoke(ws, *args):
+    from click.testing import CliRunner
+
+    from mlx_partner.cli import cli
+
+    return CliRunner().invoke(cli, ["-w", str(ws), *args])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    """A workspace with the example's hand-written pairs, a dataset and one short run."""
+    import shutil
+
+    ws = tmp_path_factory.mktemp("eval") / "ws"
+    shutil.copytree(REPO / "sources", ws / "sources")
+    shutil.copy(REPO / "profile.md", ws / "profile.md")
+    (ws / "data" / "pairs").mkdir(parents=True)
+    shutil.copy(REPO / "examples" / "pairs.jsonl", ws / "data" / "pairs" / "hand.jsonl")
+    (ws / "partner.toml").write_text(
+        f'[train]\nbase_model = "{tiny_model}"\niters = 2\nbatch_size = 2\nmax_seq_length = 384\n', encoding="utf-8")
+    for args in (["dataset"], ["train", "--quiet", "--run", "run-1"]):
+        result = _invoke(ws, *args)
+        assert result.exit_code == 0, result.output
+    return ws
+
+
+EVAL_ARGS = ("--limit", "3", "--probes", "2", "--max-tokens", "6", "--quiet")
+
+
+def test_eval_writes_report_chart_and_metrics(trained):
+    result = _invoke(trained, "eval", *EVAL_ARGS)
+    assert result.exit_code == 0, result.output
+    out = trained / "eval" / "run-1"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for label in ("base", "tuned"):
+        s = metrics["summary"][label]
+        assert s["answers"] == 3 and s["probes"] == 2
+        assert s["test"]["examples"] > 0 and s["valid"]["examples"] > 0
+        assert s["test"]["perplexity"] == pytest.approx(math.exp(s["test"]["loss"]))
+        assert 0 <= s["f1"] <= 1 and 0 <= s["rouge_l"] <= 1 and 0 <= s["style"] <= 1
+    # The adapters change the model: the tuned loss differs from the base's.
+    assert metrics["summary"]["base"]["test"]["loss"] != metrics["summary"]["tuned"]["test"]["loss"]
+    assert metrics["reference_style"] > metrics["summary"]["base"]["style"]  # the author's answers sound like the author
+    width, height, _ = _decode_png((out / "chart.png").read_bytes())
+    assert width > 100 and height > 100
+    report = (out / "report.md").read_text()
+    assert "![base and tuned scores](chart.png)" in report and "| test loss" in report
+    assert "## Groundedness probe" in report
+    for row in ("test loss", "test perplexity", "valid loss", "answer F1", "ROUGE-L", "style similarity", "grounded"):
+        assert row in result.output
+    assert "report.md" in result.output
+
+
+def test_eval_is_deterministic(trained, tmp_path):
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws, symlinks=True)
+    shutil.rmtree(ws / "eval", ignore_errors=True)
+    first = _invoke(ws, "eval", *EVAL_ARGS)
+    a = json.loads((ws / "eval" / "run-1" / "metrics.json").read_text())
+    shutil.rmtree(ws / "eval")  # no cache: everything is computed again
+    second = _invoke(ws, "eval", *EVAL_ARGS)
+    b = json.loads((ws / "eval" / "run-1" / "metrics.json").read_text())
+    assert first.exit_code == second.exit_code == 0
+    assert a["summary"] == b["summary"] and a["scores"] == b["scores"]
+    assert first.output == second.output
+
+
+def test_score_model_reuses_cached_answers(trained):
+    from mlx_partner.config import load_settings
+    from mlx_partner.evaluate import run_eval
+    from mlx_partner.workspace import Workspace
+
+    ws = Workspace.at(trained)
+    settings = load_settings(ws.config_path)
+    first = run_eval(ws, settings, "run-1", limit=2, probes=1, max_tokens=6, progress=False)
+    # Plant a marker in the stored answers: a second eval under the same settings must reuse them.
+    metrics = json.loads((first.out_dir / "metrics.json").read_text())
+    for label in ("base", "tuned"):
+        for record in metrics["scores"][label]["answers"].values():
+            record["answer"] = "I haven't written about that."
+    (first.out_dir / "metrics.json").write_text(json.dumps(metrics))
+    again = run_eval(ws, settings, "run-1", limit=2, probes=1, max_tokens=6, progress=False)
+    answers = [r["answer"] for r in again.metrics["scores"]["tuned"]["answers"].values()]
+    assert answers == ["I haven't written about that."] * 2
+    # Other settings: computed afresh.
+    fresh = run_eval(ws, settings, "run-1", limit=2, probes=1, max_tokens=5, progress=False)
+    assert "I haven't written about that." not in [r["answer"] for r in fresh.metrics["scores"]["tuned"]["answers"].values()]
+
+
+def test_eval_without_a_run(tmp_path):
+    result = _invoke(tmp_path, "eval")
+    assert result.exit_code == 1
+    assert "no trained run" in result.output and "mlx-partner train" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_of_an_unknown_run(trained):
+    result = _invoke(trained, "eval", "--run", "nope")
+    assert result.exit_code == 1 and "No run named 'nope'" in result.output
+
+
+def test_eval_when_the_base_model_is_missing(trained, tmp_path):
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws, symlinks=True)
+    manifest_path = ws / "adapters" / "run-1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["base_model"] = manifest["base_model_path"] = str(tmp_path / "gone-model")
+    manifest_path.write_text(json.dumps(manifest))
+    result = _invoke(ws, "eval", *EVAL_ARGS)
+    assert result.exit_code == 1
+    assert f"Run run-1 was trained on base model {tmp_path / 'gone-model'}, which is not available here" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_without_a_dataset(trained, tmp_path):
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws, symlinks=True)
+    for split in ("test", "valid"):
+        (ws / "data" / f"{split}.jsonl").unlink()
+    result = _invoke(ws, "eval", *EVAL_ARGS)
+    assert result.exit_code == 1 and "mlx-partner dataset" in result.output
+
+
+def test_eval_compare_needs_an_evaluated_run(trained):
+    result = _invoke(trained, "eval", "--compare", "run-0", *EVAL_ARGS)
+    assert result.exit_code == 1 and "Run run-0 has no evaluation" in result.output
