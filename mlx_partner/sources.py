@@ -722,6 +722,11 @@ def format_report(report: SourcesReport) -> str:
             [[d.id, mark(theme[d.id]), d.words, d.tokens, report.status[d.id]] for d in report.documents],
             right={2, 3},
         ),
+    ]
+    guessed = [d.id for d in report.documents if d.encoding == "cp1252"]
+    if guessed:
+        parts.append(f"Read as Windows-1252, not UTF-8 (check accents; re-save as UTF-8 to be sure): {', '.join(guessed)}")
+    parts += [
         "",
         f"Batches ({len(report.batches)}, budget {report.token_budget} tokens each)",
         _table(

@@ -564,6 +564,7 @@ def test_sources_prints_documents_batches_and_skipped(example_ws):
     assert re.search(r"^old\.txt\s+(bread|notebooks|repair|streets)\s+6\s+\d+\s+new$", out, re.M)
     assert re.search(r"bread/the-ugly-loaf\.md\s+bread\s+\d+\s+\d+\s+new", out)
     assert re.search(r"^empty\.md\s+empty file$", out, re.M)
+    assert re.search(r"^Read as Windows-1252, not UTF-8 .*: old\.txt$", out, re.M)
     assert re.search(r"^streets/binary\.txt\s+binary file", out, re.M)
     assert "Traceback" not in out
 
