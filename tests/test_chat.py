@@ -310,3 +310,69 @@ def test_cache_reuse_across_templates(template, tmp_path):
     fresh = ChatSession(lm.model, lm.tokenizer, SYSTEM, temperature=0.0, max_tokens=8, window=2048)
     fresh.history = [("What is bread for?", first)]
     assert fresh.reply("And streets?") == cached
+
+
+# --- chat on a trained run ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_ws(tiny_model, tmp_path_factory) -> Path:
+    """A workspace with one short run on the tiny model, built by the real dataset and train stages."""
+    from mlx_partner.config import Settings
+    from mlx_partner.dataset import run_dataset
+    from mlx_partner.train import run_train
+
+    repo = Path(__file__).resolve().parent.parent
+    root = tmp_path_factory.mktemp("trained-ws")
+    shutil.copy(repo / "profile.md", root / "profile.md")
+    ws = Workspace.at(root)
+    settings = Settings().override("train", base_model=str(tiny_model), iters=1, batch_size=2, val_batches=1,
+                                   steps_per_eval=1)
+    run_dataset(ws, settings, extra_pairs=[repo / "examples" / "pairs.jsonl"], base_model=str(tiny_model))
+    result = run_train(ws, settings, run_name="r1", progress=False)
+    assert result.status == "finished"
+    return root
+
+
+def test_default_target_is_the_latest_run_with_its_training_prompt(trained_ws, tiny_model):
+    ws = Workspace.at(trained_ws)
+    target = resolve_target(ws)
+    run_dir = ws.adapters_dir / "r1"
+    assert target.run_name == "r1" and target.adapter_path == run_dir.resolve()
+    assert Path(target.model) == tiny_model.resolve()
+    assert target.system_prompt == (run_dir / "system_prompt.txt").read_text() == ws.system_prompt_path.read_text()
+    assert target.label == "run r1 (base + adapters)"
+    base = resolve_target(ws, base=True)
+    assert base.adapter_path is None and base.system_prompt == target.system_prompt
+    assert base.label.startswith("base model ")
+
+
+def test_prompt_mode_answers_from_the_run(trained_ws, tiny_model):
+    from mlx_partner.models import load_model
+
+    args = ["-w", str(trained_ws), "chat", "--prompt", "What is bread for?", "--temp", "0", "--max-tokens", "10"]
+    tuned = CliRunner().invoke(cli, args)
+    base = CliRunner().invoke(cli, [*args, "--base"])
+    assert tuned.exit_code == 0 and base.exit_code == 0, tuned.output + base.output
+    assert "Loading run r1 (base + adapters)" in tuned.stderr
+    run_dir = Path(trained_ws) / "adapters" / "r1"
+    lm = load_model(tiny_model, adapter_path=run_dir)
+    s = ChatSession(lm.model, lm.tokenizer, (run_dir / "system_prompt.txt").read_text(), temperature=0.0,
+                    max_tokens=10, window=2048)
+    assert tuned.stdout == s.reply("What is bread for?") + "\n"
+
+
+def test_unknown_run_names_the_runs_there(trained_ws):
+    result = CliRunner().invoke(cli, ["-w", str(trained_ws), "chat", "--run", "nope", "--prompt", "hi"])
+    assert result.exit_code == 1
+    assert "No run named 'nope'" in result.output and "r1" in result.output
+
+
+def test_a_fused_model_is_preferred(trained_ws, tiny_model, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(trained_ws, root, symlinks=True)
+    fused = root / "models" / "r1"
+    shutil.copytree(tiny_model, fused)
+    (fused / "system_prompt.txt").write_text("The fused model's copy of the prompt.")
+    target = resolve_target(Workspace.at(root))
+    assert target == ChatTarget(str(fused), None, "The fused model's copy of the prompt.", "run r1 (fused model)", "r1")
