@@ -201,7 +201,7 @@ def load_settings(config_path: Path | None, environ: dict[str, str] | None = Non
                 raise ConfigError(f"'{section}' in {config_path} should be a [{section}] table.")
             settings = _apply(settings, section, values, str(config_path))
     environ = os.environ if environ is None else environ
-    for section, cls in SECTIONS.items():
+    for section in SECTIONS:
         prefix = f"MLX_PARTNER_{section.upper()}_"
         values = {
             name.removeprefix(prefix).lower(): value
