@@ -854,6 +854,7 @@ class Job:
     step: int = 0
     attempt: int = 0
     retry_note: str = ""
+    mode: str = "tool"  # how its last request asked for output
 
     @property
     def round(self) -> Round:
@@ -904,6 +905,7 @@ class _Runner:
 
     def params(self, job: Job) -> dict[str, Any]:
         plan = job.plan
+        job.mode = self.mode
         asked = asked_before(plan, job.round, self.prep.active.get(plan.batch.id, ()), self.done)
         return build_request(
             job.round, plan.batch, self.prep.docs, self.prep.profile, asked,
@@ -920,7 +922,7 @@ class _Runner:
         record = {
             "key": rnd.key, "batch": batch.id, "batch_sha": batch.sha256, "round": rnd.index,
             "attempt": job.attempt, "model": self.settings.model, "prompt_version": PROMPT_VERSION,
-            "mode": self.mode, "batch_api": self.batch_api, **usage, "cost_usd": round(cost, 6),
+            "mode": job.mode, "batch_api": self.batch_api, **usage, "cost_usd": round(cost, 6),
             "status": status, "request_id": request_id,
             "source_hashes": {d: self.prep.hashes[d] for d in batch.doc_ids if d in self.prep.hashes},
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -952,7 +954,7 @@ class _Runner:
         kind, value, request_id = outcome
         auto = self.settings.output == "auto"
         if kind == "error":
-            if rejects_tools(value) and self.mode == "tool" and auto:
+            if rejects_tools(value) and job.mode == "tool" and auto:
                 self._ledger(job, "error", request_id=request_id, error=_error_message(value))
                 self._switch_to_json("the endpoint does not accept tools")
                 return job
@@ -969,9 +971,9 @@ class _Runner:
         message: dict[str, Any] = value
         usage = message.get("usage") or {}
         try:
-            raws, how = parse_reply(message, self.mode)
+            raws, how = parse_reply(message, job.mode)
         except ValueError as exc:
-            if self.mode == "tool" and auto and "no tool call" in str(exc):
+            if job.mode == "tool" and auto and "no tool call" in str(exc):
                 self._switch_to_json("the endpoint answered without the tool")
             job.attempt += 1
             if job.attempt <= self.settings.validation_retries:

@@ -68,7 +68,14 @@ class Produced:
 
     question: str
     fault: str | None  # None = genuine
-    docs: tuple[str, ...]
+    docs: tuple[str, ...]  # the batch's documents
+    quote: str = ""
+    sources: tuple[str, ...] = ()
+
+    @property
+    def content(self) -> tuple[str, str, tuple[str, ...]]:
+        """What identifies the pair in the client's output: question, quote, cited documents."""
+        return self.question, self.quote, self.sources
 
 
 @dataclass
@@ -412,7 +419,7 @@ class FakeAnthropic:
                 "sources": sources,
                 "quotes": [{"source": quote_source, "text": quote}],
             })
-            produced.append(Produced(question, fault, doc_ids))
+            produced.append(Produced(question, fault, doc_ids, quote, tuple(sources)))
         return pairs, produced
 
     # -- message batches --

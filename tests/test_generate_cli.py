@@ -1,0 +1,382 @@
+"""`mlx-partner generate` end to end, against the local fake Anthropic server (tests/fake_anthropic.py).
+
+The real CLI, the real `anthropic` SDK and real HTTP: ANTHROPIC_BASE_URL points at the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_partner.cli import cli
+from mlx_partner.config import GenerateSettings, SourcesSettings
+from mlx_partner.generate import prepare
+from mlx_partner.workspace import Workspace, read_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "sk-ant-test-key-0123456789abcdef"
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    """A copy of the example workspace: 12 documents in 4 themes, ~7200 words, 64 pairs."""
+    root = tmp_path / "ws"
+    shutil.copytree(REPO / "sources", root / "sources")
+    shutil.copy(REPO / "profile.md", root / "profile.md")
+    return root
+
+
+@pytest.fixture
+def api(fake_anthropic, monkeypatch):
+    """The environment a user would set, pointed at the fake server; SDK retries kept fast."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.delenv("ANTHROPIC_PROFILE", raising=False)
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_MAX_RETRIES", "3")
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_TIMEOUT", "20")
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_POLL_INTERVAL", "0.01")
+    return fake_anthropic
+
+
+def generate(ws: Path, *args: str):
+    return CliRunner().invoke(cli, ["-w", str(ws), "generate", *args], catch_exceptions=False)
+
+
+def pairs(ws: Path) -> list[dict]:
+    out = []
+    for path in sorted((ws / "data" / "pairs").glob("*.jsonl")):
+        records, bad = read_jsonl(path)
+        assert not bad, bad
+        out += records
+    return out
+
+
+def ledger(ws: Path) -> list[dict]:
+    return [r for r in read_jsonl(ws / "data" / "ledger.jsonl")[0] if "key" in r]
+
+
+def messages_sent(server) -> list[dict]:
+    return [r for r in server.requests if r["path"] == "/v1/messages"]
+
+
+def snapshot(ws: Path) -> list[tuple]:
+    return sorted((p["id"], p["batch"], p["question"], p["answer"], json.dumps(p["quotes"])) for p in pairs(ws))
+
+
+# --- the happy path ----------------------------------------------------------------------------
+
+
+def test_generate_writes_grounded_pairs_ledger_and_summary(ws, api):
+    result = generate(ws)
+    assert result.exit_code == 0, result.output
+    got = pairs(ws)
+    assert len(got) == 64
+    assert Counter(p["type"] for p in got) == {"genuine": 32, "scenario": 16, "pushback": 16}
+    docs = {str(p.relative_to(ws / "sources")) for p in (ws / "sources").rglob("*.md")}
+    for p in got:
+        assert p["model"] == "claude-sonnet-5-5" and p["prompt_version"]
+        assert set(p["sources"]) <= docs and set(p["source_hashes"]) == set(p["sources"])
+        assert p["quotes"] and p["answer"].startswith("I ")
+    assert len({p["id"] for p in got}) == 64
+    records = ledger(ws)
+    assert len(records) == 9 and all(r["status"] == "ok" for r in records)
+    assert KEY not in (ws / "data" / "ledger.jsonl").read_text()
+    for r in records:
+        assert r["input_tokens"] > 0 and r["output_tokens"] > 0 and r["cost_usd"] > 0 and r["source_hashes"]
+    # later rounds of a batch read the shared prefix from the cache
+    assert all(r["cache_read_input_tokens"] > 0 for r in records if r["round"] > 0)
+    assert all(r["cache_creation_input_tokens"] > 0 for r in records if r["round"] == 0)
+    # later rounds list the questions already asked
+    second = [m for m in messages_sent(api) if "Round 2 of" in m["body"]["messages"][0]["content"][1]["text"]]
+    assert second and all("Questions already asked" in m["body"]["messages"][0]["content"][1]["text"] for m in second)
+    assert all(m["body"]["tool_choice"]["type"] == "tool" for m in messages_sent(api))
+    sources_json = json.loads((ws / "data" / "sources.json").read_text())
+    assert set(sources_json) == docs
+    assert "Accepted 64 pairs" in result.stdout and "Estimated cost: $" in result.stdout
+    assert "requests 9/9" in result.stderr
+    # a second run has nothing left to do and sends nothing
+    api.reset_log()
+    again = generate(ws)
+    assert again.exit_code == 0 and messages_sent(api) == [] and "9 already done" in again.stdout
+    assert len(pairs(ws)) == 64
+
+
+# --- done when (a): injected faults never get through, genuine pairs always do ---------------
+
+
+def test_injected_pairs_are_rejected_and_every_genuine_pair_is_accepted(ws, api):
+    api.configure(seed=7, invented=0.3, wrong_source=0.1, duplicate=0.2, quote_noise=0.3)
+    result = generate(ws, "--pairs", "120", "--concurrency", "4")
+    assert result.exit_code == 0, result.output
+    produced = api.produced
+    faults = Counter(p.fault for p in produced)
+    assert faults["invented"] >= 10 and faults["wrong-source"] >= 3 and faults["duplicate"] >= 5 and faults[None] >= 20
+    # A pair is identified by its question, quote and sources: a sentence whose injected pair
+    # was rejected may come back later as a genuine pair with the same question.
+    genuine = {p.content for p in produced if p.fault is None}
+    injected = {p.content for p in produced if p.fault is not None}
+    accepted = [(p["question"], p["quotes"][0]["text"], tuple(p["sources"])) for p in pairs(ws)]
+    assert len(accepted) == len(set(accepted))
+    assert set(accepted) == genuine
+    assert not set(accepted) & injected
+    rejected, _ = read_jsonl(ws / "data" / "rejected.jsonl")
+    reasons = Counter(r["reason"] for r in rejected)
+    assert reasons["invented-quote"] >= faults["invented"]
+    assert reasons["duplicate"] == faults["duplicate"]
+    assert len(rejected) == sum(1 for p in produced if p.fault is not None)
+    assert "Rejected by reason:" in result.stdout and "invented-quote" in result.stdout
+
+
+# --- done when (b): SIGKILL partway, re-run, same pairs as an uninterrupted run ----------------
+
+
+def test_killed_run_resumes_to_the_same_pairs(ws, api, tmp_path):
+    api.configure(seed=3, latency=0.4, invented=0.2, duplicate=0.2)
+    reference = tmp_path / "reference"
+    shutil.copytree(ws, reference)
+    assert generate(reference, "--concurrency", "2").exit_code == 0
+    expected = snapshot(reference)
+    api.reset_log()
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_partner", "-w", str(ws), "generate", "--concurrency", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len([r for r in ledger(ws) if r["status"] == "ok"]) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {r["key"] for r in ledger(ws) if r["status"] == "ok"}
+    assert 3 <= len(done_before) < 9, "the kill should land partway"
+    time.sleep(0.8)  # let the server finish (and log) the requests that were in flight
+    sent_before = len(messages_sent(api))
+
+    result = generate(ws, "--concurrency", "2")
+    assert result.exit_code == 0, result.output
+    assert snapshot(ws) == expected
+    got = pairs(ws)
+    assert len({p["id"] for p in got}) == len(got)  # none doubled
+    ok = Counter(r["key"] for r in ledger(ws) if r["status"] == "ok")
+    assert set(ok) == {r["key"] for r in ledger(reference)} and max(ok.values()) == 1
+    # finished requests were not sent again: the re-run sent only what was left, plus at most
+    # the requests that were in flight when the kill came
+    resent = len(messages_sent(api)) - sent_before
+    assert resent == 9 - len(done_before)
+    assert sent_before <= len(done_before) + 2
+
+
+# --- done when (c): the dry-run estimate matches what the ledger records ----------------------
+
+
+def test_dry_run_sends_nothing_and_estimates_within_20_percent(ws, api):
+    result = generate(ws, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert api.requests == [] and not (ws / "data").exists()
+    assert "9 of 9 requests to send" in result.stdout and "Estimated cost: $" in result.stdout
+    est = prepare(Workspace.at(ws), GenerateSettings(), SourcesSettings()).estimate
+    assert generate(ws).exit_code == 0
+    records = ledger(ws)
+    assert est.requests == len(records)
+    total_input = sum(r["input_tokens"] + r["cache_creation_input_tokens"] + r["cache_read_input_tokens"] for r in records)
+    assert est.total_input == pytest.approx(total_input, rel=0.2)
+    assert est.cache_read_input_tokens == pytest.approx(sum(r["cache_read_input_tokens"] for r in records), rel=0.2)
+    assert est.cache_creation_input_tokens == pytest.approx(sum(r["cache_creation_input_tokens"] for r in records), rel=0.2)
+    # output depends on how long the model writes; the fake server's pairs are of typical length
+    assert est.output_tokens == pytest.approx(sum(r["output_tokens"] for r in records), rel=0.2)
+    assert est.cost == pytest.approx(sum(r["cost_usd"] for r in records), rel=0.2)
+    # after the run, the dry run has nothing left to send
+    assert "0 of 9 requests to send (9 already done)" in generate(ws, "--dry-run").stdout
+
+
+def test_dry_run_needs_no_credential(ws, monkeypatch):
+    result = generate(ws, "--dry-run", "--model", "glm-4.6", "--batch-api")
+    assert result.exit_code == 0, result.output
+    assert "priced as Sonnet" in result.stdout and "half price" in result.stdout
+
+
+# --- faults the SDK and the loop must absorb ---------------------------------------------------
+
+
+def test_rate_limits_and_server_errors_are_retried(ws, api):
+    api.configure(seed=1, rate_429=0.4, rate_500=0.3, rate_529=0.3)
+    result = generate(ws, "--concurrency", "3")
+    assert result.exit_code == 0, result.output
+    statuses = Counter(r["status"] for r in messages_sent(api))
+    assert statuses[429] and statuses[500] and statuses[529] and statuses[200] == 9
+    assert len(pairs(ws)) == 64
+
+
+def test_invalid_replies_are_asked_again_and_failed_batches_retried_next_run(ws, api):
+    api.configure(seed=2, malformed=1.0)
+    result = generate(ws)
+    assert result.exit_code == 1
+    assert "Failed batches, retried on the next run: bread, notebooks, repair, streets" in result.stdout
+    statuses = Counter(r["status"] for r in ledger(ws))
+    assert statuses == {"invalid": 8, "failed": 4}  # each first round: asked 3 times (2 re-asks)
+    assert pairs(ws) == []
+    api.configure(malformed=0.25, truncated=0.25)
+    result = generate(ws)
+    statuses = Counter(r["status"] for r in ledger(ws))
+    assert statuses["invalid"] > 8 and statuses["ok"] >= 4
+    re_asked = [m for m in messages_sent(api) if "could not be used" in m["body"]["messages"][0]["content"][1]["text"]]
+    assert re_asked
+    api.configure(malformed=0.0, truncated=0.0)
+    result = generate(ws)
+    assert result.exit_code == 0, result.output
+    assert len({r["key"] for r in ledger(ws) if r["status"] == "ok"}) == 9
+    assert len(pairs(ws)) == 64
+
+
+@pytest.mark.parametrize(
+    "faults, args, note",
+    [
+        ({}, ["--output", "json"], None),
+        ({"no_tools": True}, [], "does not accept tools"),
+        ({"text_only": True}, [], "instead of calling the tool"),
+    ],
+)
+def test_json_in_text_by_flag_or_fallback(ws, api, faults, args, note):
+    api.configure(**faults)
+    result = generate(ws, *args)
+    assert result.exit_code == 0, result.output
+    assert len(pairs(ws)) == 64
+    assert ledger(ws)[-1]["mode"] == "json"
+    if note:
+        assert note in result.stdout
+    else:
+        assert all("tools" not in m["body"] for m in messages_sent(api))
+
+
+def test_batch_api_gives_the_same_pairs_at_half_price(ws, api, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(ws, other)
+    api.configure(seed=5, invented=0.2, batch_polls=2)
+    result = generate(ws, "--batch-api")
+    assert result.exit_code == 0, result.output
+    paths = [r["path"] for r in api.requests]
+    assert "/v1/messages" not in paths and paths.count("/v1/messages/batches") == 3  # one per round wave
+    records = ledger(ws)
+    assert all(r["batch_api"] for r in records) and len(records) == 9
+    api.clear_cache()
+    assert generate(other).exit_code == 0
+    assert snapshot(ws) == snapshot(other)
+    cost = lambda w: sum(r["cost_usd"] for r in ledger(w))  # noqa: E731
+    assert cost(ws) == pytest.approx(0.5 * cost(other), rel=0.01)
+
+
+# --- source changes, --force -------------------------------------------------------------------
+
+
+def test_changed_document_retires_its_pairs_and_regenerates_only_its_batch(ws, api):
+    assert generate(ws).exit_code == 0
+    before = pairs(ws)
+    changed = "repair/three-tools.md"
+    path = ws / "sources" / changed
+    path.write_text(path.read_text() + "\nA fourth tool, patience, is the one nobody sells in a shop.\n")
+    status = CliRunner().invoke(cli, ["-w", str(ws), "sources"])
+    assert "changed" in status.output
+    api.reset_log()
+    result = generate(ws)
+    assert result.exit_code == 0, result.output
+    batches = {m["body"]["messages"][0]["content"][0]["text"].split("theme: ")[1].split(")")[0] for m in messages_sent(api)}
+    assert batches == {"repair"}
+    retired, _ = read_jsonl(ws / "data" / "retired.jsonl")
+    assert retired and all(changed in r["sources"] and r["reason"] == f"source changed: {changed}" for r in retired)
+    assert len(retired) == sum(1 for p in before if changed in p["sources"])
+    after = pairs(ws)
+    new_hash = json.loads((ws / "data" / "sources.json").read_text())[changed]
+    assert all(p["source_hashes"].get(changed, new_hash) == new_hash for p in after)
+    untouched = [p for p in before if p["batch"] != "repair"]
+    assert all(p in after for p in untouched)
+    assert 60 <= len(after) <= 66
+    assert "Retired" in result.stdout
+
+    (ws / "sources" / changed).unlink()
+    result = generate(ws)
+    assert result.exit_code == 0, result.output
+    retired, _ = read_jsonl(ws / "data" / "retired.jsonl")
+    assert any(r["reason"] == f"source removed: {changed}" for r in retired)
+    assert not any(changed in p["sources"] for p in pairs(ws))
+
+
+def test_force_regenerates_everything(ws, api):
+    assert generate(ws).exit_code == 0
+    first = snapshot(ws)
+    api.reset_log()
+    result = generate(ws, "--force")
+    assert result.exit_code == 0, result.output
+    assert len(messages_sent(api)) == 9
+    assert snapshot(ws) == first  # same server, same pairs
+    retired, _ = read_jsonl(ws / "data" / "retired.jsonl")
+    assert len(retired) == 64 and {r["reason"] for r in retired} == {"regenerated (--force)"}
+    api.reset_log()
+    assert generate(ws).exit_code == 0 and messages_sent(api) == []
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_no_credential_is_a_plain_error_before_any_work(ws, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_PROFILE", raising=False)
+    result = generate(ws)
+    assert result.exit_code == 1
+    assert "ANTHROPIC_API_KEY" in result.output and "ANTHROPIC_AUTH_TOKEN" in result.output
+    assert "Traceback" not in result.output and not (ws / "data").exists()
+
+
+def test_rejected_key_names_the_variable_and_never_the_key(ws, api):
+    api.configure(api_key="the-right-key")
+    result = generate(ws)
+    assert result.exit_code == 1
+    assert "ANTHROPIC_API_KEY was rejected (401)" in result.output
+    assert KEY not in result.output and "Traceback" not in result.output
+
+
+def test_bearer_token_works(ws, api, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "bearer-token-123")
+    api.configure(api_key="bearer-token-123")
+    result = generate(ws, "--pairs", "8")
+    assert result.exit_code == 0, result.output
+    assert len(pairs(ws)) == 8
+
+
+def test_unreachable_endpoint_names_the_url(ws, api, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_MAX_RETRIES", "0")
+    result = generate(ws)
+    assert result.exit_code == 1
+    assert f"Could not reach the API at {url}" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("profile", ["", "   \n"])
+def test_empty_profile_is_an_error(ws, api, profile):
+    (ws / "profile.md").write_text(profile)
+    result = generate(ws)
+    assert result.exit_code == 1 and "profile" in result.output.lower()
+    assert api.requests == []
+
+
+def test_bad_mix_flag(ws, api):
+    result = generate(ws, "--mix", "genuine=lots")
+    assert result.exit_code == 2 and "kind=share" in result.output
+    result = generate(ws, "--mix", "musings=1")
+    assert result.exit_code == 1 and "Unknown pair kind" in result.output
