@@ -1,0 +1,174 @@
+"""Shared by the training benchmarks: run raw mlx-lm and `mlx-partner train` as subprocesses and
+read their metrics through APIs, never by scraping a console table.
+
+Raw mlx-lm runs exactly the flow of `python -m mlx_lm lora` (its CONFIG_DEFAULTS, `load`,
+`load_dataset`, `train_model`, its own progress table), through a few lines of `python -c` that
+add a TrainingCallback appending each report as JSON to a file. `mlx-partner train` runs through
+its console script (which picks the fast BLAS itself) and its metrics come from manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAW = r"""
+import json, sys, time, types
+import numpy as np
+from mlx_lm import lora
+from mlx_lm.tuner.callbacks import TrainingCallback
+from mlx_lm.tuner.datasets import load_dataset
+from mlx_lm.utils import load
+
+cfg = dict(lora.CONFIG_DEFAULTS)
+cfg.update(json.loads(sys.argv[1]))
+cfg["train"] = True
+args = types.SimpleNamespace(**cfg)
+out = open(sys.argv[2], "a")
+
+class Report(TrainingCallback):
+    def on_train_loss_report(self, info):
+        out.write(json.dumps({"kind": "train", "time": time.time(), **info}) + "\n"); out.flush()
+    def on_val_loss_report(self, info):
+        out.write(json.dumps({"kind": "valid", "time": time.time(), **info}) + "\n"); out.flush()
+
+np.random.seed(args.seed)
+model, tokenizer = load(args.model)
+train_set, valid_set, _ = load_dataset(args, tokenizer)
+lora.train_model(args, model, train_set, valid_set, training_callback=Report())
+"""
+
+
+@dataclass
+class Run:
+    """One training run's numbers, whichever tool ran it."""
+
+    label: str
+    wall_s: float
+    train: list[dict] = field(default_factory=list)
+    valid: list[dict] = field(default_factory=list)  # {"iteration", "val_loss", "elapsed_s"}
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Loss-bearing tokens over pure training time (validation excluded), over the whole run."""
+        seconds, tokens, prev = 0.0, 0, 0
+        for r in self.train:
+            chunk = r["trained_tokens"] - prev
+            prev = r["trained_tokens"]
+            if r["tokens_per_second"] > 0:
+                seconds += chunk / r["tokens_per_second"]
+                tokens += chunk
+        return tokens / seconds if seconds else 0.0
+
+    @property
+    def peak_gb(self) -> float:
+        return max((r.get("peak_memory", r.get("peak_memory_gb", 0.0)) for r in self.train), default=0.0)
+
+    def first_reaching(self, target: float) -> float | None:
+        """Seconds from launch until a validation loss <= target, or None."""
+        for v in self.valid:
+            if v["iteration"] >= 1 and v["val_loss"] <= target + 1e-9:
+                return v["elapsed_s"]
+        return None
+
+    @property
+    def best_val(self) -> float:
+        return min((v["val_loss"] for v in self.valid if v["iteration"] >= 1), default=float("inf"))
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def plain_env() -> dict[str, str]:
+    """The environment a user's own `python -m mlx_lm lora` would see: no preloaded BLAS."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MLX_PARTNER_FAST_BLAS")}
+    env["MLX_PARTNER_FAST_BLAS"] = "0"
+    return env
+
+
+def fast_env() -> dict[str, str] | None:
+    from mlx_partner import blas
+
+    extra = blas.fast_blas_env() if sys.platform.startswith("linux") else {}
+    if extra is None:
+        return None
+    return {**plain_env(), **extra}
+
+
+def run_raw(label: str, config: dict, env: dict[str, str], workdir: Path, timeout: float) -> Run:
+    log = workdir / f"{label}-{time.time_ns()}.jsonl"
+    adapter_path = workdir / f"raw-{time.time_ns()}"
+    config = {**config, "adapter_path": str(adapter_path)}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", RAW, json.dumps(config), str(log)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"raw mlx-lm failed ({label}):\n{proc.stderr[-2000:]}")
+    run = Run(label, wall)
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] == "train":
+            run.train.append(r)
+        else:
+            run.valid.append({"iteration": r["iteration"], "val_loss": r["val_loss"], "elapsed_s": r["time"] - t0})
+    shutil.rmtree(adapter_path, ignore_errors=True)
+    return run
+
+
+def partner_command() -> list[str]:
+    script = Path(sys.executable).with_name("mlx-partner")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mlx_partner"]
+
+
+def run_ours(label: str, workspace: Path, flags: list[str], env: dict[str, str], timeout: float) -> Run:
+    name = f"bench-{time.time_ns()}"
+    t0 = time.time()
+    proc = subprocess.run([*partner_command(), "-w", str(workspace), "train", "--quiet", "--run", name, *flags],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"mlx-partner train failed ({label}):\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}")
+    run_dir = workspace / "adapters" / name
+    m = json.loads((run_dir / "manifest.json").read_text())
+    run = Run(label, wall, train=m["metrics"]["train"])
+    run.valid = [{"iteration": v["iteration"], "val_loss": v["val_loss"], "elapsed_s": v["time"] - t0}
+                 for v in m["metrics"]["valid"]]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return run
+
+
+def scratch_workspace(source: Path) -> Path:
+    """A temporary workspace holding a copy of source/data, so benchmarks leave no runs behind."""
+    data = source / "data"
+    if not (data / "train.jsonl").exists():
+        raise SystemExit(f"No dataset in {data}: run `mlx-partner dataset` there first, or pass --workspace.")
+    ws = Path(tempfile.mkdtemp(prefix="mlx-partner-bench-"))
+    shutil.copytree(data, ws / "data", ignore=shutil.ignore_patterns("pairs", "*.log"))
+    return ws
+
+
+def float32_copy(model: Path, workdir: Path) -> Path:
+    """Raw mlx-lm trains a model as stored; on a CPU backend we train in float32. Give raw mlx-lm a
+    float32 copy of a quantized or half-precision model so both sides do the same arithmetic."""
+    config = json.loads((model / "config.json").read_text())
+    quantized = "quantization" in config or "quantization_config" in config
+    dtype = str(config.get("torch_dtype", "float32"))
+    if not quantized and "32" in dtype:
+        return model
+    out = workdir / "float32-model"
+    if not out.exists():
+        cmd = [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(model), "--mlx-path", str(out), "--dtype", "float32"]
+        if quantized:
+            cmd.append("--dequantize")
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=fast_env() or plain_env())
+    return out
