@@ -226,6 +226,74 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
 
 # --- train -------------------------------------------------------------------------------------
 
+
+@cli.command()
+@click.option("--base-model", help="Hub id, local mlx-lm folder, or a name from `models list` (default: partner.toml).")
+@click.option("--fine-tune-type", type=click.Choice(["lora", "dora", "full"]), help="LoRA (default), DoRA or full fine-tuning.")
+@click.option("--epochs", type=float, help="Passes over the training set (default 3).")
+@click.option("--iters", type=int, help="Iterations, instead of --epochs.")
+@click.option("--learning-rate", type=float, help="Peak learning rate, after warmup, then cosine decay (default 1e-4).")
+@click.option("--batch-size", type=int, help="Examples per step (default 4).")
+@click.option("--grad-accumulation", type=int, help="Steps whose gradients make one update (default 1).")
+@click.option("--lora-rank", type=int, help="LoRA rank (default 8).")
+@click.option("--num-layers", type=int, help="Layers to adapt, from the top; -1 = all (default 16).")
+@click.option("--max-seq-length", type=int, help="Longest example in tokens (default 2048).")
+@click.option("--steps-per-eval", type=int, help="Validate every N iterations (default: 8 times a run).")
+@click.option("--patience", type=int, help="Stop after N validations without improvement; 0 = never (default 3).")
+@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Recompute activations to save memory.")
+@click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train on the answers only (default on).")
+@click.option("--seed", type=int, help="Training seed.")
+@click.option("--run", "run_name", help="Name of the run folder under adapters/ (default: run-<date>-<time>).")
+@click.option("--resume", is_flag=True, help="Continue a stopped run (--run NAME, or the newest) from its last checkpoint.")
+@click.option("--continue-from", help="Start from the adapters of an earlier run (name, or 'latest').")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the memory plan only; train nothing.")
+@click.option("--memory-gb", type=float, help="Plan for a machine with this much memory (e.g. 8 for an 8 GB Mac).")
+@click.option("--quiet", is_flag=True, help="No live progress line.")
+@pass_app
+def train(app: App, run_name: str | None, resume: bool, continue_from: str | None, plan_only: bool,
+          memory_gb: float | None, quiet: bool, **flags) -> None:
+    """Fine-tune the base model on data/train.jsonl (LoRA by default) into adapters/<run>/.
+
+    Epochs become iterations; the learning rate warms up then decays; validation runs about 8
+    times and the best checkpoint is kept; training stops early when validation stops improving.
+    Ctrl-C stops cleanly; --resume continues. adapters/latest names the newest finished run.
+
+    \b
+    Examples:
+      mlx-partner train --plan --memory-gb 8     # will it fit an 8 GB Mac?
+      mlx-partner train --base-model smollm2-135m-instruct --epochs 2
+      python -m mlx_lm generate --model <base> --adapter-path adapters/latest --prompt "Hi"
+    """
+    from .train import find_run, run_train
+
+    settings = app.settings.override("train", **flags)
+    if continue_from == "latest":
+        continue_from = find_run(app.workspace).name
+    result = run_train(app.workspace, settings, run_name=run_name, resume=resume, plan_only=plan_only,
+                       memory_gb=memory_gb, continue_from=continue_from, progress=not quiet)
+    if plan_only:
+        for line in result.notes + result.plan.lines():
+            click.echo(line)
+        return
+    for note in result.notes:
+        click.echo(f"Note: {note}", err=True)
+    est = result.plan.estimate
+    arrays_gb, total_gb = (est.total - est.overhead) / 1024**3, est.total / 1024**3
+    if result.best_val_loss is not None:
+        base = f" (base model {result.base_val_loss:.3f})" if result.base_val_loss is not None else ""
+        click.echo(f"Best validation loss {result.best_val_loss:.3f} at iteration {result.best_iteration}{base}.")
+    click.echo(f"Peak memory of MLX arrays {result.peak_memory_gb:.2f} GB measured, {arrays_gb:.2f} GB planned "
+               f"({total_gb:.2f} GB with the runtime).")
+    click.echo(f"{result.iterations}/{result.total_iters} iterations in {result.duration_s:.0f}s"
+               + (", stopped early: validation stopped improving." if result.stopped_early else "."))
+    if result.status == "stopped":
+        click.echo(f"Stopped: {result.run_dir} keeps its best adapters and last checkpoint; "
+                   f"continue with `mlx-partner train --resume --run {result.run}`.")
+        sys.exit(130)
+    click.echo(f"Adapters: {result.run_dir}")
+    click.echo("Next: `mlx-partner fuse` for a standalone model, or `mlx-partner chat` to talk to it.")
+
+
 # --- fuse / chat / models / demo ---------------------------------------------------------------
 
 
