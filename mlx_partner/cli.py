@@ -224,6 +224,57 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
 
 # --- dataset -----------------------------------------------------------------------------------
 
+
+@cli.command()
+@click.option("--pairs", "pairs_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="More pairs: JSONL in the generate format or plain {question, answer}. Repeatable.")
+@click.option("--base-model", help="Model whose tokenizer and chat template are checked (default: [train] base_model).")
+@click.option("--valid-fraction", type=float, help="Share held out for validation (default 0.1).")
+@click.option("--test-fraction", type=float, help="Share held back for `eval`; 0 turns it off (default 0.1).")
+@click.option("--seed", type=int, help="Seed for the split.")
+@click.option("--system-prompt", help="Use this system prompt instead of one drawn from profile.md.")
+@click.option("--keep-test", is_flag=True, help="Keep the pairs of the last test split in test (comparable evals).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_app
+def dataset(app: App, pairs_files: tuple[Path, ...], base_model: str | None, valid_fraction: float | None,
+            test_fraction: float | None, seed: int | None, system_prompt: str | None, keep_test: bool,
+            as_json: bool) -> None:
+    """Turn the pairs into data/train.jsonl, valid.jsonl and test.jsonl for mlx-lm.
+
+    Reads data/pairs/*.jsonl (from `generate`) and any --pairs files, splits them by theme and
+    kind with near-duplicates kept together, counts tokens with the base model's chat template,
+    and checks that training and chat show the model the same system prompt.
+
+    \b
+    Example:
+      mlx-partner dataset --pairs my-own-pairs.jsonl --test-fraction 0.1
+    """
+    import json
+
+    from .dataset import format_report, run_dataset
+
+    settings = app.settings.override("dataset", valid_fraction=valid_fraction, test_fraction=test_fraction,
+                                     seed=seed, system_prompt=system_prompt)
+    live = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        if live and (done == total or done % 25 == 0):
+            click.echo(f"\rTokenizing examples: {done}/{total}", err=True, nl=done == total)
+
+    with app.lock("dataset"):
+        report = run_dataset(app.workspace, settings, extra_pairs=pairs_files, base_model=base_model,
+                             keep_test=keep_test, progress=progress)
+    for line in report.malformed[:20]:
+        click.echo(f"Skipped {line}", err=True)
+    if len(report.malformed) > 20:
+        click.echo(f"Skipped {len(report.malformed) - 20} more malformed line(s).", err=True)
+    for warning in report.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_report(report, app.workspace))
+
 # --- train -------------------------------------------------------------------------------------
 
 

@@ -86,7 +86,8 @@ def system_prompt_from_profile(profile_text: str) -> str:
     if intro:
         lines.append(f"In the author's words: {_sentences(intro, 320)}")
     lines.append(
-        "When the author has not written about something, say so plainly instead of inventing a position."
+        "When the author has not written about something, say so plainly (\"I haven't written about that\") "
+        "instead of inventing a position."
     )
     return "\n".join(lines)
 
@@ -261,19 +262,31 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def _shingles(text: str, n: int = 3) -> set[str]:
-    padded = f" {text} "
-    return {padded[i : i + n] for i in range(max(1, len(padded) - n + 1))}
+def near_duplicate_groups(texts: Sequence[str], threshold: float | None = None) -> list[list[int]]:
+    """Indices grouped so that near-duplicate texts (transitively) share a group.
 
-
-def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.7) -> list[list[int]]:
-    """Indices grouped so that texts whose character-trigram Jaccard similarity reaches
-    `threshold` (transitively) share a group. Each group is sorted; groups are in index order.
-
-    Candidates come from an inverted index on words, so it stays fast for thousands of texts.
+    "Near-duplicate" is `generate`'s definition (grounding.similarity: cosine of character
+    4-gram counts, at grounding.DUPLICATE_THRESHOLD), but every pair above it is linked, not
+    only the closest, so that no two near-duplicates can land in different splits. Candidates
+    come from an inverted index on content words (a pair must share half of them), so
+    thousands of texts stay fast.
     """
-    norm = [normalize(t) for t in texts]
-    grams = [_shingles(t) for t in norm]
+    from . import grounding
+    from .grounding import DUPLICATE_THRESHOLD, content_words, similarity
+
+    limit = DUPLICATE_THRESHOLD if threshold is None else threshold
+    vocab = [content_words(t) or set(normalize(t).split()) for t in texts]
+    # similarity() rebuilds both vectors on every call; build each once (same vectors, same cosine).
+    vectors = [grounding._grams(t) for t in texts] if hasattr(grounding, "_grams") else None
+    norms = [math.sqrt(sum(v * v for v in g.values())) for g in vectors] if vectors else []
+
+    def close(i: int, j: int) -> bool:
+        if vectors is None:
+            return similarity(texts[i], texts[j]) >= limit
+        a, b = vectors[i], vectors[j]
+        if not norms[i] or not norms[j]:
+            return False
+        return sum(v * b.get(k, 0) for k, v in a.items()) / (norms[i] * norms[j]) >= limit
     parent = list(range(len(texts)))
 
     def find(i: int) -> int:
@@ -283,17 +296,15 @@ def near_duplicate_groups(texts: Sequence[str], threshold: float = 0.7) -> list[
         return i
 
     index: dict[str, list[int]] = defaultdict(list)
-    for i, text in enumerate(norm):
-        words = set(text.split())
+    for i, words in enumerate(vocab):
         shared: Counter[int] = Counter()
         for w in words:
             for j in index[w]:
                 shared[j] += 1
         for j, common in shared.items():
-            if common * 2 < min(len(words), len(set(norm[j].split()))):
-                continue  # fewer than half the words in common: not a near-duplicate
-            a, b = grams[i], grams[j]
-            if len(a & b) / max(1, len(a | b)) >= threshold:
+            if common * 2 < min(len(words), len(vocab[j])):
+                continue  # under half the content words in common: not the same question
+            if find(i) != find(j) and close(i, j):
                 parent[find(i)] = find(j)
         for w in words:
             index[w].append(i)
@@ -839,6 +850,7 @@ def run_dataset(
         ids={s: [p.id for p in split_pairs[s]] for s in SPLITS},
     )
     manifest = report.to_dict()
+    manifest["hash"] = report.content_hash  # what `train` records with each run
     manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["settings"] = asdict(ds)
     manifest["examples"] = {s: [{"id": p.id, "theme": p.theme, "kind": p.kind} for p in split_pairs[s]] for s in SPLITS}
