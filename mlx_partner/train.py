@@ -224,10 +224,13 @@ def load_data(ws: Workspace, tokenizer: Any, s: TrainSettings) -> Data:
 
 
 def _dataset_info(ws: Workspace, data: Data) -> dict[str, Any]:
-    info: dict[str, Any] = {"hash": data.digest, "counts": data.counts, "path": str(ws.data_dir)}
+    """The dataset's hash as `dataset` wrote it in dataset.json (so `retrain` can compare), else ours."""
+    info: dict[str, Any] = {"hash": f"sha256:{data.digest}", "files_sha256": data.digest,
+                            "counts": data.counts, "path": str(ws.data_dir)}
     with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError):
         meta = json.loads((ws.data_dir / "dataset.json").read_text(encoding="utf-8"))
-        info["dataset_json_hash"] = meta.get("hash")
+        if meta.get("hash"):
+            info["hash"] = meta["hash"]
     return info
 
 

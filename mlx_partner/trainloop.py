@@ -88,13 +88,15 @@ class _QuietUI:
 def quiet_trainer(warnings: list[str]) -> Iterator[None]:
     from mlx_lm.tuner import trainer
 
-    saved = trainer.TrainUI, trainer.rprint
-    trainer.TrainUI = _QuietUI
-    trainer.rprint = lambda *a, **k: warnings.append(" ".join(map(str, a)))
+    quiet = {"TrainUI": _QuietUI, "rprint": lambda *a, **k: warnings.append(" ".join(map(str, a)))}
+    saved = {name: getattr(trainer, name) for name in quiet if hasattr(trainer, name)}  # 0.32 has both
+    for name in saved:
+        setattr(trainer, name, quiet[name])
     try:
         yield
     finally:
-        trainer.TrainUI, trainer.rprint = saved
+        for name, value in saved.items():
+            setattr(trainer, name, value)
 
 
 class Monitor:

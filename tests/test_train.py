@@ -77,7 +77,8 @@ def test_manifest_content_and_no_secret(finished, tiny_model):
     assert m["run"] == "first" and m["status"] == "finished"
     assert m["base_model"] == str(tiny_model) and Path(m["base_model_path"]).is_absolute()
     assert m["system_prompt"] == SYSTEM
-    assert m["dataset"]["counts"] == {"train": 24, "valid": 8, "test": 2} and len(m["dataset"]["hash"]) == 64
+    assert m["dataset"]["counts"] == {"train": 24, "valid": 8, "test": 2}
+    assert m["dataset"]["hash"].startswith("sha256:") and len(m["dataset"]["files_sha256"]) == 64
     assert m["settings"]["learning_rate"] == 1e-3 and m["settings"]["mask_prompt"] is True
     assert [r["iteration"] for r in m["metrics"]["valid"]][0] == 0
     assert len(m["metrics"]["train"]) >= 2 and all("tokens_per_second" in r for r in m["metrics"]["train"])
