@@ -1,0 +1,196 @@
+"""Helpers for the reliability harnesses: small workspaces, the real CLI in a subprocess, kills.
+
+    ws = make_workspace(tmp_path / "ws")                 # 4 example documents in 2 themes
+    env = cli_env(server.url)                            # the fake API, a sentinel-free test key
+    proc = start_cli(["generate", "--pairs", "12"], ws, env)
+    kill_when(proc, lambda: ledger_lines(ws) >= 3)       # SIGKILL at a chosen point
+    done = run_cli(["generate", "--pairs", "12"], ws, env)
+
+Every command runs as `python -m mlx_partner -w WS ...`, the same code path a user's shell takes
+(including the fast-BLAS re-exec, which keeps the pid, so a kill reaches the right process).
+Output goes to files, not pipes, so a killed or chatty child can never block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_KEY = "sk-ant-test-0000-harness"
+
+# Two themes, two documents each (~2,300 words): two batches, so requests run side by side.
+SMALL_SOURCES = (
+    "bread/the-ugly-loaf.md",
+    "bread/one-change-per-loaf.md",
+    "repair/three-tools.md",
+    "repair/glue-is-a-confession.md",
+)
+
+
+def make_workspace(root: Path, sources: Iterable[str] = SMALL_SOURCES) -> Path:
+    """A workspace with the example profile and a few of the example documents."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel in sources:
+        dest = root / "sources" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / "sources" / rel, dest)
+    shutil.copyfile(REPO / "profile.md", root / "profile.md")
+    return root
+
+
+def cli_env(base_url: str | None = None, key: str | None = TEST_KEY, **extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: the test server, a key, no inherited settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ANTHROPIC_", "MLX_PARTNER_")) or k in ("MLX_PARTNER_HOME", "MLX_PARTNER_FAST_BLAS")}
+    if base_url:
+        env["ANTHROPIC_BASE_URL"] = base_url
+    if key:
+        env["ANTHROPIC_API_KEY"] = key
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    """A finished CLI run."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __str__(self) -> str:
+        return f"$ mlx-partner {' '.join(self.args)}  -> exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+class Running:
+    """A CLI subprocess whose output goes to files (read back with `.result()`)."""
+
+    def __init__(self, args: list[str], ws: Path, env: dict[str, str], logs: Path) -> None:
+        self.args = args
+        logs.mkdir(parents=True, exist_ok=True)
+        stamp = f"{time.monotonic_ns()}"
+        self.out_path, self.err_path = logs / f"{stamp}.out", logs / f"{stamp}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlx_partner", "-w", str(ws), *args],
+                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=str(ws.parent),
+            )
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def wait(self, timeout: float = 120) -> Result:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"mlx-partner {' '.join(self.args)} did not finish in {timeout}s\n{self.result()}") from None
+        return self.result()
+
+    def result(self) -> Result:
+        read = lambda p: p.read_text(encoding="utf-8", errors="replace") if p.exists() else ""  # noqa: E731
+        return Result(self.args, self.proc.returncode if self.proc.returncode is not None else -1,
+                      read(self.out_path), read(self.err_path))
+
+
+def start_cli(args: list[str], ws: Path, env: dict[str, str], logs: Path | None = None) -> Running:
+    return Running(args, ws, env, logs or ws.parent / f"{ws.name}-logs")
+
+
+def run_cli(args: list[str], ws: Path, env: dict[str, str], timeout: float = 120, logs: Path | None = None) -> Result:
+    return start_cli(args, ws, env, logs).wait(timeout)
+
+
+def kill_when(proc: Running, ready: Callable[[], bool], delay: float = 0.0, timeout: float = 60) -> str:
+    """SIGKILL `proc` `delay` seconds after `ready()` first holds; returns what happened.
+
+    "killed" if the process was killed while running, "finished" if it ended first.
+    """
+    deadline = time.monotonic() + timeout
+    while proc.alive() and not ready():
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the kill point was never reached\n{proc.result()}")
+        time.sleep(0.002)
+    if delay > 0:
+        end = time.monotonic() + delay
+        while proc.alive() and time.monotonic() < end:
+            time.sleep(0.002)
+    if not proc.alive():
+        return "finished"
+    proc.kill()
+    return "killed"
+
+
+# --- reading what is on disk -------------------------------------------------------------------
+
+
+def line_count(path: Path) -> int:
+    """Complete lines in a file (0 if it does not exist)."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def jsonl_strict(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSONL file, which must be whole: a parse error or a missing final newline fails."""
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), f"{path} ends in a truncated line: {data[-80:]!r}"
+    records = []
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        assert line.strip(), f"{path}:{number} is blank"
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"{path}:{number} is not JSON ({exc}): {line[:120]!r}") from None
+    return records
+
+
+def canonical(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
+def assert_one_line_error(result: Result, *needles: str) -> None:
+    """Exit 1 (or 2 for usage), no traceback, and a short message naming each needle."""
+    assert result.returncode in (1, 2), str(result)
+    assert "Traceback" not in result.output, str(result)
+    assert result.stderr.strip(), str(result)
+    for needle in needles:
+        assert needle.lower() in result.output.lower(), f"{needle!r} not in the message\n{result}"
+
+
+def walk_files(*roots: Path) -> Iterable[Path]:
+    for root in roots:
+        if root.is_file():
+            yield root
+        elif root.is_dir():
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    yield path

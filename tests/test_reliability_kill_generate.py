@@ -1,0 +1,206 @@
+"""Kill `generate` with SIGKILL at seeded random points, re-run it, and compare with a clean run.
+
+The real CLI runs in a subprocess against the local Messages API server (tests/fake_anthropic.py),
+which answers deterministically from the request, with some latency and some bad pairs (invented
+quotes, duplicates) so the rejection path is crossed too. Kill points are drawn from a seeded RNG:
+a moment during start-up, just after the Nth ledger line, or just after the pairs file grows (the
+window between writing pairs and recording the request as done). After each kill the command is
+run again to completion; the accepted pairs must equal an uninterrupted run's (same ids, same
+content), with no pair doubled, no truncated line, and a ledger that records every pair's request
+as done exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_anthropic import FakeAnthropic
+from harness import cli_env, jsonl_strict, kill_when, line_count, make_workspace, run_cli, start_cli
+
+from mlx_partner.generate import PROMPT_VERSION
+from mlx_partner.workspace import read_jsonl
+
+ARGS = ["generate", "--pairs", "24", "--pairs-per-round", "3", "--concurrency", "2"]
+LATENCY = 0.1
+CHAIN_SEEDS = (0, 1, 2, 3)
+KILLS_PER_CHAIN = 3  # 12 kill points in all
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = FakeAnthropic(seed=7, latency=LATENCY, invented=0.15, duplicate=0.1).start()
+    yield srv
+    srv.stop()
+
+
+def snapshot(ws: Path, strict_ledger: bool = True) -> dict[str, Any]:
+    """What a run left: pairs, rejections and ledger, each line checked to be whole JSON."""
+    pairs = [r for path in sorted((ws / "data" / "pairs").glob("*.jsonl")) for r in jsonl_strict(path)]
+    rejected_path = ws / "data" / "rejected.jsonl"
+    rejected = jsonl_strict(rejected_path) if rejected_path.exists() else []
+    ledger = jsonl_strict(ws / "data" / "ledger.jsonl") if strict_ledger else read_jsonl(ws / "data" / "ledger.jsonl")[0]
+    json.loads((ws / "data" / "sources.json").read_text(encoding="utf-8"))
+    return {"pairs": pairs, "rejected": rejected, "ledger": ledger}
+
+
+def pair_set(snap: dict[str, Any]) -> set[str]:
+    return {json.dumps(p, sort_keys=True) for p in snap["pairs"]}
+
+
+def rejected_set(snap: dict[str, Any]) -> set[tuple]:
+    return {(r["batch"], r.get("round"), r.get("position"), r["reason"], r["question"]) for r in snap["rejected"]}
+
+
+def check_consistent(snap: dict[str, Any]) -> None:
+    """No pair twice; every pair's request recorded as done, exactly once; rejections not doubled."""
+    pairs = snap["pairs"]
+    ids = Counter(p["id"] for p in pairs)
+    assert not [i for i, n in ids.items() if n > 1], f"pairs doubled: {[i for i, n in ids.items() if n > 1]}"
+    slots = Counter((p["batch"], p["round"], p["position"]) for p in pairs)
+    assert max(slots.values(), default=1) == 1, "two pairs from one reply position"
+    ok = Counter(r["key"] for r in snap["ledger"] if r.get("status") == "ok")
+    assert max(ok.values(), default=1) == 1, f"a request counted twice as done: {[k for k, n in ok.items() if n > 1]}"
+    done = {r["key"]: r for r in snap["ledger"] if r.get("status") == "ok"}
+    for p in pairs:
+        key = f"{p['batch']}@{p['batch_sha'][:16]}#r{p['round']}/{PROMPT_VERSION}"
+        assert key in done, f"pair {p['id']} comes from request {key}, which the ledger does not record as done"
+        assert p["question"] in done[key]["questions"], f"pair {p['id']} is not among its request's questions"
+    rej = Counter((r["batch"], r.get("batch_sha"), r.get("round"), r.get("position"), r["reason"]) for r in snap["rejected"])
+    assert max(rej.values(), default=1) == 1, f"a rejection written twice: {[k for k, n in rej.items() if n > 1]}"
+
+
+@pytest.fixture(scope="module")
+def baseline(server, tmp_path_factory) -> dict[str, Any]:
+    ws = make_workspace(tmp_path_factory.mktemp("gen-baseline") / "ws")
+    result = run_cli(ARGS, ws, cli_env(server.url))
+    assert result.returncode == 0, str(result)
+    snap = snapshot(ws)
+    check_consistent(snap)
+    assert len(snap["pairs"]) >= 15 and snap["rejected"], "the baseline should accept most pairs and reject some"
+    return snap
+
+
+def kill_point(rng: random.Random, remaining: int) -> tuple[str, Any, float]:
+    """(what to wait for, its parameter, extra delay): a seeded point in what is left of the run."""
+    mode = rng.choice(["startup", "ledger", "ledger", "pairs", "pairs"]) if remaining > 1 else "startup"
+    if mode == "startup":
+        return "startup", None, rng.uniform(0.05, 1.5)
+    if mode == "ledger":  # just after the Nth request is recorded, or a little later
+        return "ledger", rng.randrange(1, remaining), rng.uniform(0.0, LATENCY / 2)
+    # The moment the pairs file grows: often before that request's ledger line is written.
+    return "pairs", rng.randrange(1, 2 * remaining), 0.0
+
+
+def ok_count(ws: Path) -> int:
+    records, _ = read_jsonl(ws / "data" / "ledger.jsonl")
+    return sum(1 for r in records if r.get("status") == "ok")
+
+
+def kill_once(ws: Path, env: dict[str, str], rng: random.Random, requests: int) -> tuple[str, str]:
+    mode, n, delay = kill_point(rng, requests - ok_count(ws))
+    ledger, pairs_dir = ws / "data" / "ledger.jsonl", ws / "data" / "pairs"
+    proc = start_cli(ARGS, ws, env)
+    if mode == "startup":
+        ready = lambda: True  # noqa: E731
+    elif mode == "ledger":
+        start = ok_count(ws)
+        ready = lambda: line_count(ledger) > 0 and ok_count(ws) >= start + n  # noqa: E731
+    else:
+        start = sum(line_count(p) for p in pairs_dir.glob("*.jsonl")) if pairs_dir.is_dir() else 0
+        ready = lambda: pairs_dir.is_dir() and sum(line_count(p) for p in pairs_dir.glob("*.jsonl")) >= start + n  # noqa: E731
+    what = kill_when(proc, ready, delay)
+    if what == "finished":  # the point lay beyond the end: the run must have succeeded
+        assert proc.result().returncode == 0, str(proc.result())
+    return f"{mode}:{n}+{delay:.2f}s", what
+
+
+def check_partial(ws: Path) -> None:
+    """What a kill leaves: whole lines only (each record is one write), and no pair twice."""
+    pairs_dir = ws / "data" / "pairs"
+    pairs = [r for path in sorted(pairs_dir.glob("*.jsonl")) for r in jsonl_strict(path)] if pairs_dir.is_dir() else []
+    doubled = [i for i, n in Counter(p["id"] for p in pairs).items() if n > 1]
+    assert not doubled, f"pairs doubled after a kill: {doubled}"
+    ledger = ws / "data" / "ledger.jsonl"
+    if ledger.exists():
+        jsonl_strict(ledger)
+
+
+@pytest.mark.parametrize("seed", CHAIN_SEEDS)
+def test_killed_generate_resumes_to_the_same_pairs(seed, server, baseline, tmp_path):
+    """A chain of runs, each SIGKILLed at a seeded point (each resuming the last), then one to the end."""
+    ws = make_workspace(tmp_path / "ws")
+    env = cli_env(server.url)
+    rng = random.Random(seed)
+    requests = sum(1 for r in baseline["ledger"] if r.get("status") == "ok")
+    points = []
+    for _ in range(KILLS_PER_CHAIN):
+        points.append(kill_once(ws, env, rng, requests))
+        check_partial(ws)
+    killed = [p for p, what in points if what == "killed"]
+    assert len(killed) >= KILLS_PER_CHAIN - 1, f"kills should land inside the runs: {points}"
+
+    result = run_cli(ARGS, ws, env)
+    assert result.returncode == 0, f"{points}\n{result}"
+    assert "Traceback" not in result.output
+    snap = snapshot(ws)
+    check_consistent(snap)
+    assert pair_set(snap) == pair_set(baseline), f"after kills at {points} the pairs differ from an uninterrupted run"
+    assert rejected_set(snap) == rejected_set(baseline), f"after kills at {points} the rejections differ"
+    ok_keys = lambda s: {r["key"] for r in s["ledger"] if r.get("status") == "ok"}  # noqa: E731
+    assert ok_keys(snap) == ok_keys(baseline)
+
+    if seed == CHAIN_SEEDS[0]:  # one more run has nothing left to do and sends nothing
+        again = run_cli(ARGS, ws, env)
+        assert again.returncode == 0 and "0 sent" in again.stdout, str(again)
+        assert pair_set(snapshot(ws)) == pair_set(baseline)
+
+
+def test_kill_between_pairs_and_ledger_is_not_doubled(server, baseline, tmp_path):
+    """The narrowest window, made certain: pairs written, the request not yet recorded as done."""
+    ws = make_workspace(tmp_path / "ws")
+    env = cli_env(server.url)
+    assert run_cli(ARGS, ws, env).returncode == 0
+    ledger = ws / "data" / "ledger.jsonl"
+    lines = ledger.read_text(encoding="utf-8").splitlines(keepends=True)
+    ok_at = [i for i, line in enumerate(lines) if json.loads(line).get("status") == "ok"]
+    for i in (ok_at[-1], ok_at[len(ok_at) // 2]):  # forget two finished requests
+        lines[i] = ""
+    ledger.write_text("".join(lines), encoding="utf-8")
+
+    result = run_cli(ARGS, ws, env)
+    assert result.returncode == 0, str(result)
+    assert "2 sent" in result.stdout, "exactly the two forgotten requests are sent again"
+    snap = snapshot(ws)
+    check_consistent(snap)
+    assert pair_set(snap) == pair_set(baseline)
+
+
+def test_torn_last_line_is_repaired(server, baseline, tmp_path):
+    """A power cut (not a SIGKILL: each record is one write) can leave half a line at the end of a
+    pairs file. Pairs are fsync'd before their ledger line is written, so the cut also loses that
+    request's ledger line and everything after it; here the ledger's last line is torn too. The next
+    run drops the torn lines and asks again for what they held."""
+    ws = make_workspace(tmp_path / "ws")
+    env = cli_env(server.url)
+    assert run_cli(ARGS, ws, env).returncode == 0
+    pairs_file = ws / "data" / "pairs" / "bread.jsonl"
+    data = pairs_file.read_bytes()
+    last_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    torn = json.loads(data[last_start:])
+    pairs_file.write_bytes(data[: last_start + (len(data) - last_start) // 2])  # the last pair cut in half
+    ledger = ws / "data" / "ledger.jsonl"
+    lines = ledger.read_bytes().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if json.loads(line).get("status") == "ok"
+               and json.loads(line)["batch"] == "bread" and json.loads(line)["round"] == torn["round"])
+    ledger.write_bytes(b"".join(lines[:cut]) + lines[cut][: len(lines[cut]) // 2])
+
+    result = run_cli(ARGS, ws, env)
+    assert result.returncode == 0, str(result)
+    snap = snapshot(ws, strict_ledger=False)  # pairs strict: every line whole; the ledger keeps its torn line
+    check_consistent(snap)
+    assert pair_set(snap) == pair_set(baseline)
