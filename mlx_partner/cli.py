@@ -490,6 +490,41 @@ def models_list() -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
 
 
+@cli.command()
+@click.option("--run", "run_name", metavar="NAME", help="Fuse this run instead of the latest.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Write here instead of models/<run>/.")
+@click.option("--gguf", "export_gguf", is_flag=True,
+              help="Also write <run>.gguf for llama.cpp/Ollama/LM Studio (mlx-lm's exporter: llama/mistral/mixtral with a SentencePiece tokenizer only).")
+@click.option("--quantize", is_flag=True, help="Re-quantize like a 4/8-bit base, kept only if the check still passes.")
+@click.option("--tolerance", type=click.FloatRange(min=0), help="Largest accepted logit difference from the adapter.  [default: 0.01 in float32]")
+@pass_app
+def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool, quantize: bool,
+         tolerance: float | None) -> None:
+    """Merge a run's adapters into a standalone model in models/<run>/, then check it.
+
+    The fused model is loaded back and compared with the adapter on its base on a few held-out
+    conversations; if its logits differ by more than the tolerance (a fused model that lost its
+    adapter, mlx-lm #1172), nothing is written and the command fails. A quantized base is
+    dequantized before the merge.
+
+    \b
+    Examples:
+      mlx-partner fuse
+      mlx-partner fuse --run 20261125-1712 --output ~/partner-model
+      python -m mlx_lm generate --model models/20261125-1712 --prompt "Hello"
+    """
+    from .fuse import run_fuse
+
+    with app.lock("fuse"):
+        result = run_fuse(app.workspace, run_name, output=output, export_gguf=export_gguf, quantize=quantize,
+                          tolerance=tolerance, log=lambda s: click.echo(s, err=True))
+    click.echo(f"Fused {result.run} into {result.model_dir} ({result.dtype}) in {result.seconds:.1f} s.")
+    click.echo(f"Check passed: {result.check.line()}.")
+    if result.gguf_path:
+        click.echo(f"GGUF: {result.gguf_path}")
+    click.echo("Talk to it with: mlx-partner chat" + (f" --run {result.run}" if run_name else ""))
+
+
 # --- eval / retrain / runs ---------------------------------------------------------------------
 
 

@@ -1,0 +1,365 @@
+"""`mlx-partner fuse`: merge a run's LoRA/DoRA adapters into a standalone model, and prove it.
+
+    result = run_fuse(ws, run_name=None)     # adapters/<latest>/ + its base -> models/<run>/
+
+The merge is mlx-lm's own (`module.fuse()` on every adapted layer, as `mlx_lm fuse` does), run in
+process. A quantized base is dequantized first, so the adapter is added to real weights; the
+result is re-quantized only on request and only if it stays faithful, because rounding the fused
+weights back to 4 bits can erase a small adapter (mlx-lm issue #1172: a fused quantized model
+that silently answered like the base).
+
+Then the fused folder is loaded back from disk, the way `chat` loads it, and its logits on a few
+held-out conversations (data/test.jsonl, else valid.jsonl, else fixed prompts, always with the
+run's system prompt) are compared with the adapter on its base, the way training saw it. The
+largest difference must stay within a tolerance, or the fuse fails with the numbers; a fused
+model that lost its adapter differs from the adapter by as much as the adapter changed the base,
+so it cannot pass.
+
+`--gguf` exports for llama.cpp/Ollama/LM Studio through mlx-lm's exporter where it is right:
+llama/mistral/mixtral with a SentencePiece tokenizer. For byte-level BPE models (SmolLM2, Llama 3,
+Qwen) mlx-lm writes a tokenizer without merges, so we refuse and say what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+from .workspace import Workspace, atomic_write_json, atomic_write_text, read_jsonl
+
+SIDECAR = "mlx_partner.json"
+FIXED_PROMPTS = (
+    "What do you care about most in your work?",
+    "Someone says your main idea is naive. What do you answer?",
+    "Explain one of your convictions to a newcomer in three sentences.",
+)
+MAX_CHECK_EXAMPLES = 4
+MAX_CHECK_TOKENS = 256
+# Largest |fused - adapter-on-base| logit difference accepted when the fused weights are stored
+# in float32: the merge only reorders float32 sums (measured ~1e-5 on SmolLM2-135M), while a lost
+# adapter differs by what the adapter changed, typically whole logits.
+TOLERANCE_FLOAT32 = 1e-2
+# In float16/bfloat16/re-quantized storage, rounding alone moves logits by a few tenths: accept up
+# to this share of the adapter's own effect on the logits (and at least TOLERANCE_FLOAT32).
+TOLERANCE_SHARE_OF_EFFECT = 0.1
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class FuseCheck:
+    """How the fused model compares with the adapter on its base, on held-out token positions."""
+
+    source: str  # where the prompts came from
+    examples: int
+    positions: int
+    max_abs_diff: float
+    argmax_agreement: float
+    adapter_effect: float  # max |adapter-on-base - base|: what the adapter changed
+    tolerance: float
+    template_ok: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.template_ok and self.max_abs_diff <= self.tolerance
+
+    def line(self) -> str:
+        return (f"max |fused - adapter| = {self.max_abs_diff:.2e} (tolerance {self.tolerance:.1e}; the adapter "
+                f"itself moves logits by up to {self.adapter_effect:.2f}), next-token agreement "
+                f"{self.argmax_agreement:.1%} over {self.positions} positions of {self.examples} {self.source}")
+
+
+@dataclass(frozen=True)
+class FuseResult:
+    run: str
+    model_dir: Path
+    base_model: str
+    dtype: str
+    check: FuseCheck
+    gguf_path: Path | None
+    notes: tuple[str, ...]
+    seconds: float
+
+
+# --- held-out prompts ----------------------------------------------------------------------------
+
+
+def check_conversations(ws: Workspace, system_prompt: str) -> tuple[str, list[list[dict[str, str]]]]:
+    """A few held-out conversations for the check: test split, else valid, else fixed questions."""
+    for split in ("test", "valid"):
+        path = ws.split_path(split)
+        if not path.exists():
+            continue
+        convs = []
+        records, _bad = read_jsonl(path)
+        for record in records:
+            msgs = record.get("messages")
+            if msgs and all(isinstance(m, dict) and "content" in m for m in msgs):
+                convs.append(msgs)
+            if len(convs) == MAX_CHECK_EXAMPLES:
+                break
+        if convs:
+            return f"{split}.jsonl conversations", convs
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return "fixed prompts", [system + [{"role": "user", "content": q}] for q in FIXED_PROMPTS]
+
+
+def encode(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation through the chat template (plain text if the template refuses)."""
+    add_gen = messages[-1]["role"] != "assistant"
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_gen, tokenize=True)
+        if isinstance(ids, dict):  # some transformers versions return a BatchEncoding
+            ids = ids["input_ids"]
+    except Exception:
+        ids = tokenizer.encode("\n\n".join(m["content"] for m in messages))
+    return list(ids)[:MAX_CHECK_TOKENS]
+
+
+def _template_text(tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception:
+        return None
+
+
+def compare_logits(reference: Any, candidate: Any, base: Any | None, batches: list[list[int]]) -> dict[str, float]:
+    """Max abs logit difference and argmax agreement of `candidate` against `reference`.
+
+    `base` (optional) gives the adapter's own effect: max |reference - base|.
+    """
+    import mlx.core as mx
+
+    diff, agree, total, effect = 0.0, 0, 0, 0.0
+    for ids in batches:
+        x = mx.array([ids])
+        ref = reference(x).astype(mx.float32)
+        cand = candidate(x).astype(mx.float32)
+        diff = max(diff, mx.max(mx.abs(ref - cand)).item())
+        agree += int(mx.sum(mx.argmax(ref, -1) == mx.argmax(cand, -1)).item())
+        total += len(ids)
+        if base is not None:
+            effect = max(effect, mx.max(mx.abs(ref - base(x).astype(mx.float32))).item())
+    return {"max_abs_diff": diff, "argmax_agreement": agree / max(total, 1), "positions": total, "effect": effect}
+
+
+# --- the merge -----------------------------------------------------------------------------------
+
+
+def fuse_model(base_path: Path, run_dir: Path, dtype: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Base + adapters -> a model with the adapters merged, in `dtype` ("float32", "float16",
+    "bfloat16"); a quantized base is dequantized first. Returns (model, tokenizer, config)."""
+    import mlx.core as mx
+    from mlx.utils import tree_unflatten
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import dequantize_model, load
+
+    model, tokenizer, config = load(str(base_path), return_config=True)
+    if "quantization" in config or "quantization_config" in config:
+        model = dequantize_model(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+    model.set_dtype(mx.float32)  # merge in float32; round once, at the end
+    model = load_adapters(model, str(run_dir))
+    fused = [(name, module.fuse(dequantize=True)) for name, module in model.named_modules() if hasattr(module, "fuse")]
+    if fused:
+        model.update_modules(tree_unflatten(fused))
+    model.set_dtype(getattr(mx, dtype))
+    config["torch_dtype"] = dtype
+    return model, tokenizer, config
+
+
+def _output_dtype(base_config: dict[str, Any], on_cpu: bool) -> str:
+    """float32 on a CPU backend (what chat computes in there); else the base's own float type."""
+    if on_cpu:
+        return "float32"
+    stored = str(base_config.get("torch_dtype") or base_config.get("dtype") or "float16")
+    return stored if stored in ("float32", "float16", "bfloat16") else "float16"
+
+
+def _save(path: Path, model: Any, tokenizer: Any, config: dict[str, Any]) -> None:
+    from mlx_lm.utils import save_config, save_model
+
+    save_model(path, model)
+    save_config(dict(config), config_path=path / "config.json")
+    tokenizer.save_pretrained(str(path))
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
+    if old is not None:
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+
+def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output: Path | None = None,
+             export_gguf: bool = False, quantize: bool = False, tolerance: float | None = None,
+             log: Callable[[str], None] = _stderr) -> FuseResult:
+    """Fuse a run (the latest by default) into models/<run>/ (or `output`), verified, atomically.
+
+    quantize: re-quantize the fused weights like the base (Metal; a 4-bit base) when the check
+    still passes; otherwise the fused model stays in float and a note says why.
+    """
+    from .models import is_cpu_backend, load_model, read_config, resolve_model
+    from .train import find_run, read_manifest
+
+    started = time.perf_counter()
+    ws = ws if isinstance(ws, Workspace) else Workspace.at(ws)
+    run_dir = find_run(ws, run_name)
+    manifest = read_manifest(run_dir)
+    if manifest.get("status") not in (None, "finished"):
+        raise ModelError(f"Run {run_dir.name} is '{manifest.get('status')}', not finished; resume it with "
+                         f"`mlx-partner train --resume` or fuse another run with --run.")
+    if not (run_dir / "adapters.safetensors").exists():
+        raise ModelError(f"{run_dir} has no adapters.safetensors yet; train the run to the end first.")
+    base_ref = manifest.get("base_model_path") or manifest.get("base_model")
+    if not base_ref:
+        raise ModelError(f"The manifest of {run_dir.name} names no base model; it cannot be fused.")
+    base_path = resolve_model(base_ref, ws.root)
+    system_prompt = manifest.get("system_prompt") or _read(run_dir / "system_prompt.txt")
+    target = Path(output).expanduser().resolve() if output else ws.models_dir / run_dir.name
+    base_config = read_config(base_path)
+    on_cpu = is_cpu_backend()
+    dtype = _output_dtype(base_config, on_cpu)
+    notes: list[str] = []
+    base_quant = base_config.get("quantization")
+    if base_quant:
+        notes.append(f"The base is {base_quant.get('bits')}-bit: dequantized before the merge.")
+
+    log(f"Fusing {run_dir.name} ({manifest.get('settings', {}).get('fine_tune_type', 'lora')}) into {base_path.name} -> {target} ({dtype})")
+    float_model, tokenizer, float_config = fuse_model(base_path, run_dir, dtype)
+    model, config = float_model, float_config
+    if quantize and base_quant:
+        from mlx_lm.utils import quantize_model
+
+        # nn.quantize works in place: quantize a second copy, keeping the float one to fall back on.
+        copy, _, copy_config = fuse_model(base_path, run_dir, dtype)
+        model, config = quantize_model(copy, copy_config, base_quant.get("group_size"), base_quant.get("bits"),
+                                       mode=base_quant.get("mode", "affine"))
+        dtype = f"{base_quant.get('bits')}-bit"
+
+    tmp = target.with_name(f".{target.name}.fusing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _save(tmp, model, tokenizer, config)
+        log("Checking the fused model against the adapter on its base ...")
+        check = verify(ws, tmp, base_path, run_dir, system_prompt, dtype, tolerance, load_model)
+        log(f"  {check.line()}")
+        if not check.passed and quantize and base_quant:
+            notes.append(f"Re-quantizing to {dtype} lost the adapter ({check.max_abs_diff:.2f} > {check.tolerance:.2f}); kept it in float.")
+            log(f"  {notes[-1]}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model, config, dtype = float_model, float_config, _output_dtype(base_config, on_cpu)
+            _save(tmp, model, tokenizer, config)
+            check = verify(ws, tmp, base_path, run_dir, system_prompt, dtype, tolerance, load_model)
+            log(f"  {check.line()}")
+        if not check.passed:
+            what = ("its chat template differs from the base's" if not check.template_ok else
+                    f"its logits differ from the adapter on the base by up to {check.max_abs_diff:.3g} "
+                    f"(tolerance {check.tolerance:.3g}; the adapter moves them by {check.adapter_effect:.3g})")
+            raise ModelError(f"The fused model of {run_dir.name} does not match its adapter: {what}; nothing was "
+                             f"written to {target} (chat with the adapter instead: `mlx-partner chat --run {run_dir.name}`).")
+        gguf_path = None
+        if export_gguf:
+            gguf_path, note = export_gguf_file(tmp, float_model, float_config, run_dir.name)
+            notes.append(note)
+            log(f"  {note}")
+        if system_prompt:
+            atomic_write_text(tmp / "system_prompt.txt", system_prompt)
+        record = {
+            "kind": "fuse", "run": run_dir.name, "adapters": str(run_dir),
+            "base_model": manifest.get("base_model"), "base_model_path": str(base_path),
+            "fine_tune_type": manifest.get("settings", {}).get("fine_tune_type", "lora"),
+            "dtype": dtype, "check": {**asdict(check), "passed": check.passed},
+            "gguf": gguf_path.name if gguf_path else None, "notes": notes,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_json(tmp / SIDECAR, record)
+        _swap_into_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if gguf_path is not None:
+        gguf_path = target / gguf_path.name
+    return FuseResult(run_dir.name, target, str(base_ref), dtype, check, gguf_path, tuple(notes),
+                      time.perf_counter() - started)
+
+
+def verify(ws: Workspace, fused_dir: Path, base_path: Path, run_dir: Path, system_prompt: str, dtype: str,
+           tolerance: float | None, load_model: Callable[..., Any]) -> FuseCheck:
+    """Load the fused folder as chat would and compare it with adapter-on-base (as training saw it)."""
+    reference = load_model(str(base_path), adapter_path=run_dir)
+    fused = load_model(str(fused_dir))
+    base = load_model(str(base_path))
+    source, convs = check_conversations(ws, system_prompt)
+    batches = [ids for ids in (encode(reference.tokenizer, c) for c in convs) if ids]
+    stats = compare_logits(reference.model, fused.model, base.model, batches)
+    probe = convs[0] if convs[0][-1]["role"] != "assistant" else convs[0][:-1]
+    template_ok = _template_text(reference.tokenizer, probe) == _template_text(fused.tokenizer, probe)
+    if tolerance is None:
+        tolerance = TOLERANCE_FLOAT32
+        if dtype != "float32":
+            tolerance = max(tolerance, TOLERANCE_SHARE_OF_EFFECT * stats["effect"])
+    return FuseCheck(source, len(batches), int(stats["positions"]), stats["max_abs_diff"],
+                     stats["argmax_agreement"], stats["effect"], tolerance, template_ok)
+
+
+# --- GGUF export ---------------------------------------------------------------------------------
+
+
+def _byte_level(model_dir: Path) -> bool:
+    """True for GPT-2-style byte-level BPE tokenizers (SmolLM2, Llama 3, Qwen)."""
+    try:
+        data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return "ByteLevel" in json.dumps([data.get("pre_tokenizer"), data.get("decoder")])
+
+
+def export_gguf_file(model_dir: Path, model: Any, config: dict[str, Any], run: str) -> tuple[Path, str]:
+    """Write <run>.gguf (float16) beside the fused model with mlx-lm's exporter, where it is right."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    model_type = config.get("model_type")
+    if model_type not in ("llama", "mistral", "mixtral"):
+        raise ModelError(f"--gguf: mlx-lm exports only llama, mistral and mixtral models, and this one is '{model_type}'; "
+                         f"fuse without --gguf and convert models/{run}/ with llama.cpp's convert_hf_to_gguf.py.")
+    if _byte_level(model_dir):
+        raise ModelError(f"--gguf: mlx-lm's exporter writes a SentencePiece vocabulary with no merges, which is wrong for "
+                         f"this model's byte-level BPE tokenizer (the file would load in Ollama but produce garbage); "
+                         f"fuse without --gguf and convert models/{run}/ with llama.cpp's convert_hf_to_gguf.py.")
+    from mlx_lm.gguf import convert_to_gguf
+
+    path = model_dir / f"{run}.gguf"
+    weights = {k: v.astype(mx.float16) if v.ndim > 1 else v
+               for k, v in tree_flatten(model.parameters())}
+    cfg = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    try:
+        convert_to_gguf(model_dir, weights, cfg, str(path))
+    except Exception as exc:
+        raise ModelError(f"--gguf: mlx-lm's exporter failed ({type(exc).__name__}: {exc}); the fused mlx model was not written either.") from None
+    return path, (f"Wrote {path.name} (float16) with mlx-lm's exporter. Caveat: it carries no chat template; "
+                  f"give Ollama/LM Studio the model's template yourself.")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""

@@ -1,0 +1,245 @@
+"""`fuse` on the tiny model: the merged model matches the adapter on its base, a fuse that lost
+its adapter is caught, a quantized base is dequantized first, and the CLI's paths and errors.
+
+Runs are written by hand the way mlx-lm writes them (LoRA layers from
+`mlx_lm.tuner.utils.linear_to_lora_layers`, `adapters.safetensors` + `adapter_config.json`) plus
+our manifest, with a non-zero `lora_b` so the adapter visibly changes the logits.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_partner.cli import cli
+from mlx_partner.errors import ModelError
+from mlx_partner.workspace import Workspace
+
+SYSTEM = "You are Ada's thinking partner. Answer as Ada would, from her notes."
+
+
+def make_run(ws_root: Path, base: Path, name: str = "r1", seed: int = 1, dora: bool = False) -> Path:
+    """adapters/<name>/ as `mlx-partner train` leaves it, with random (non-zero) LoRA weights."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load
+
+    model, _ = load(str(base))
+    model.freeze()
+    params = {"rank": 4, "scale": 10.0, "dropout": 0.0}
+    linear_to_lora_layers(model, 2, params, use_dora=dora)
+    mx.random.seed(seed)
+    adapters = {}
+    for key, value in tree_flatten(model.trainable_parameters()):
+        adapters[key] = mx.random.normal(value.shape) * 0.05 if key.endswith("lora_b") else value
+    run = ws_root / "adapters" / name
+    run.mkdir(parents=True)
+    mx.save_safetensors(str(run / "adapters.safetensors"), adapters)
+    config = {"model": str(base), "fine_tune_type": "dora" if dora else "lora", "num_layers": 2,
+              "lora_parameters": params}
+    (run / "adapter_config.json").write_text(json.dumps(config))
+    (run / "system_prompt.txt").write_text(SYSTEM)
+    manifest = {"run": name, "status": "finished", "base_model": str(base), "base_model_path": str(base),
+                "system_prompt": SYSTEM, "settings": {"fine_tune_type": config["fine_tune_type"]}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (ws_root / "adapters" / "LATEST").write_text(name + "\n")
+    return run
+
+
+def write_test_split(ws_root: Path) -> None:
+    data = ws_root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for q, a in (("What is slow work?", "Honest work, done with attention."),
+                 ("Why repair things?", "Because a city that repairs is a city that remembers.")):
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        lines.append(json.dumps({"messages": msgs}))
+    (data / "test.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_model) -> Workspace:
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_test_split(root)
+    make_run(root, tiny_model)
+    return Workspace.at(root)
+
+
+def logits(model_dir: Path, ids: list[int], adapter: Path | None = None):
+    import mlx.core as mx
+
+    from mlx_partner.models import load_model
+
+    loaded = load_model(str(model_dir), adapter_path=adapter)
+    return loaded.model(mx.array([ids])).astype(mx.float32)
+
+
+def test_fused_model_matches_adapter_on_base(ws, tiny_model):
+    import mlx.core as mx
+
+    from mlx_partner.fuse import run_fuse
+
+    result = run_fuse(ws, log=lambda s: None)
+    out = ws.models_dir / "r1"
+    assert result.model_dir == out and result.run == "r1" and result.dtype == "float32"
+    assert (out / "config.json").exists() and (out / "system_prompt.txt").read_text() == SYSTEM
+    record = json.loads((out / "mlx_partner.json").read_text())
+    assert record["kind"] == "fuse" and record["check"]["passed"] and record["base_model_path"] == str(tiny_model)
+    # The check ran on the test split and the numbers are real.
+    check = result.check
+    assert check.source == "test.jsonl conversations" and check.examples == 2 and check.positions > 20
+    assert check.max_abs_diff < 1e-3 and check.argmax_agreement == 1.0
+    assert check.adapter_effect > 0.1  # the adapter really changes the model, so a lost one would show
+    # Independently of the check: fused == adapter-on-base, and != base.
+    ids = list(range(3, 40))
+    fused, adapted, base = logits(out, ids), logits(tiny_model, ids, ws.adapters_dir / "r1"), logits(tiny_model, ids)
+    assert mx.max(mx.abs(fused - adapted)).item() < 1e-3
+    assert mx.max(mx.abs(fused - base)).item() > 0.1
+    # And no leftovers from the atomic write.
+    assert [p.name for p in ws.models_dir.iterdir()] == ["r1"]
+
+
+def test_a_fuse_that_loses_the_adapter_is_caught(ws, monkeypatch):
+    """mlx-lm #1172: the saved model silently lost the adapter. Simulate it: skip the merge."""
+    from mlx_partner import fuse as fuse_mod
+
+    def lossy(base_path, run_dir, dtype):
+        from mlx_lm.utils import load
+
+        model, tokenizer, config = load(str(base_path), return_config=True)
+        return model, tokenizer, config  # the adapters never made it in
+
+    monkeypatch.setattr(fuse_mod, "fuse_model", lossy)
+    with pytest.raises(ModelError, match="does not match its adapter") as err:
+        fuse_mod.run_fuse(ws, log=lambda s: None)
+    assert "chat --run r1" in str(err.value)
+    assert not (ws.models_dir / "r1").exists()  # nothing half-written, nothing wrong left behind
+    assert not list(ws.models_dir.glob(".*")) if ws.models_dir.exists() else True
+
+
+def test_a_corrupted_merge_is_caught_too(ws, monkeypatch):
+    """A merge that adds the delta with the wrong scale (a plausible bug) fails the check."""
+    from mlx_partner import fuse as fuse_mod
+
+    real = fuse_mod.fuse_model
+
+    def off_by_scale(base_path, run_dir, dtype):
+        model, tokenizer, config = real(base_path, run_dir, dtype)
+        layer = model.model.layers[0].self_attn.q_proj
+        layer.weight = layer.weight * 1.01
+        return model, tokenizer, config
+
+    monkeypatch.setattr(fuse_mod, "fuse_model", off_by_scale)
+    with pytest.raises(ModelError, match="differ from the adapter on the base by up to"):
+        fuse_mod.run_fuse(ws, log=lambda s: None)
+
+
+def test_dora_and_output_dir_and_replace(ws, tiny_model, tmp_path):
+    from mlx_partner.fuse import run_fuse
+
+    make_run(ws.root, tiny_model, name="d1", seed=2, dora=True)
+    out = tmp_path / "elsewhere"
+    result = run_fuse(ws, "d1", output=out, log=lambda s: None)
+    assert result.model_dir == out.resolve() and result.check.passed and result.check.max_abs_diff < 1e-3
+    # Fusing again replaces the folder whole.
+    (out / "stale.txt").write_text("old")
+    run_fuse(ws, "d1", output=out, log=lambda s: None)
+    assert not (out / "stale.txt").exists() and (out / "config.json").exists()
+
+
+def test_quantized_base_is_dequantized_before_the_merge(tmp_path, tiny_model):
+    """A 4-bit base: the merge adds the adapter to dequantized weights, and the check passes."""
+    from mlx_lm.utils import load, quantize_model, save
+
+    from mlx_partner.fuse import run_fuse
+
+    model, tokenizer, config = load(str(tiny_model), return_config=True)
+    model, config = quantize_model(model, config, group_size=32, bits=4)
+    qbase = tmp_path / "tiny-4bit"
+    save(qbase, str(tiny_model), model, tokenizer, config, donate_model=False)
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_test_split(root)
+    make_run(root, qbase)
+    result = run_fuse(Workspace.at(root), log=lambda s: None)
+    assert result.check.passed and any("4-bit" in n for n in result.notes)
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert "quantization" not in saved  # stored in float (float32 on a CPU backend)
+
+
+def test_requantize_keeps_quantized_only_when_faithful(tmp_path, tiny_model):
+    from mlx_lm.utils import load, quantize_model, save
+
+    from mlx_partner.fuse import run_fuse
+
+    model, tokenizer, config = load(str(tiny_model), return_config=True)
+    model, config = quantize_model(model, config, group_size=32, bits=4)
+    qbase = tmp_path / "tiny-4bit"
+    save(qbase, str(tiny_model), model, tokenizer, config, donate_model=False)
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_run(root, qbase)
+    result = run_fuse(Workspace.at(root), quantize=True, log=lambda s: None)
+    saved = json.loads((result.model_dir / "config.json").read_text())
+    assert result.check.passed
+    if result.dtype == "4-bit":
+        assert saved["quantization"]["bits"] == 4
+    else:  # re-quantizing lost the adapter: kept in float, and said so
+        assert "quantization" not in saved and any("kept it in float" in n for n in result.notes)
+    assert result.check.source == "fixed prompts"  # no data/ split: fixed questions, run's system prompt
+
+
+def test_cli_fuse(ws):
+    result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse"])
+    assert result.exit_code == 0, result.output
+    assert "Fused r1 into" in result.stdout and "Check passed: max |fused - adapter|" in result.stdout
+    assert "Checking the fused model" in result.stderr
+
+
+def test_cli_fuse_errors(tmp_path, ws):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, ["-w", str(empty), "fuse"])
+    assert result.exit_code == 1 and "No trained run yet" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse", "--run", "nope"])
+    assert result.exit_code == 1 and "No run named 'nope'" in result.output
+    # An unfinished run.
+    manifest = json.loads((ws.adapters_dir / "r1" / "manifest.json").read_text())
+    (ws.adapters_dir / "r1" / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse"])
+    assert result.exit_code == 1 and "not finished" in result.output
+
+
+def test_cli_fuse_gguf_refuses_byte_level_bpe(ws):
+    """The tiny model has a byte-level BPE tokenizer, which mlx-lm's GGUF exporter gets wrong."""
+    result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse", "--gguf"])
+    assert result.exit_code == 1
+    assert "byte-level BPE" in result.output and "convert_hf_to_gguf.py" in result.output
+    assert not (ws.models_dir / "r1").exists()
+
+
+def test_fuse_takes_the_workspace_lock(ws):
+    import os
+
+    # Another live process (our parent) holds the lock, as a running `train` would.
+    ws.lock_path.write_text(json.dumps({"pid": os.getppid(), "command": "train"}))
+    result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse"])
+    assert result.exit_code == 1 and "Another mlx-partner command (train" in result.output
+    assert not (ws.models_dir / "r1").exists()
+
+
+def test_missing_base_model_is_a_clear_error(tmp_path, tiny_model):
+    base = tmp_path / "base-copy"
+    shutil.copytree(tiny_model, base)
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_run(root, base)
+    shutil.rmtree(base)
+    result = CliRunner().invoke(cli, ["-w", str(root), "fuse"])
+    assert result.exit_code == 1 and "not found" in result.output and "Traceback" not in result.output
