@@ -334,14 +334,22 @@ def drop_duplicates(pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
 # --- splits ------------------------------------------------------------------------------------
 
 
-def apportion(total: int, weights: dict[str, float], rng: random.Random) -> dict[str, int]:
-    """Split `total` over keys in proportion to `weights` (largest remainder, ties at random)."""
+def apportion(total: int, weights: dict[str, float], rng: random.Random,
+              priority: dict[str, float] | None = None, capacity: dict[str, int] | None = None) -> dict[str, int]:
+    """Split `total` over keys in proportion to `weights` (largest remainder).
+
+    Left-over units go to the largest remainders; `priority` (e.g. how far behind its share a
+    key is so far) is added to the remainder, ties are broken at random, and no key gets more
+    than its `capacity`.
+    """
     mass = sum(weights.values())
     if total <= 0 or mass <= 0:
         return {k: 0 for k in weights}
     quotas = {k: total * w / mass for k, w in weights.items()}
     out = {k: math.floor(q) for k, q in quotas.items()}
-    keys = sorted(weights, key=lambda k: (-(quotas[k] - out[k]), rng.random()))
+    bonus = priority or {}
+    keys = sorted(weights, key=lambda k: (-(quotas[k] - out[k] + bonus.get(k, 0.0)), rng.random()))
+    keys = [k for k in keys if capacity is None or out[k] < capacity.get(k, 0)]
     for k in keys[: total - sum(out.values())]:
         out[k] += 1
     return out
@@ -392,6 +400,9 @@ def plan_splits(
             if s == split:
                 taken[cell_of[gi][0]] += len(groups[gi])
         per_theme = apportion(total, {t: theme_n[t] * fraction for t in theme_n}, rng)
+        # Kinds are balanced within each theme and, through the running deficit, across themes.
+        expected: Counter[str] = Counter()
+        got: Counter[str] = Counter()
         for theme in sorted(per_theme):
             want = per_theme[theme] - taken[theme]
             if want <= 0:
@@ -400,7 +411,11 @@ def plan_splits(
             kind_n = Counter()
             for gi in in_theme:
                 kind_n[cell_of[gi][1]] += len(groups[gi])
-            per_kind = apportion(want, dict(kind_n), rng)
+            deficit = {k: expected[k] - got[k] for k in kind_n}
+            per_kind = apportion(want, dict(kind_n), rng, priority=deficit, capacity=dict(kind_n))
+            for k, n_k in kind_n.items():
+                expected[k] += want * n_k / sum(kind_n.values())
+                got[k] += per_kind[k]
             leftover = 0
             for kind in sorted(per_kind):
                 cell = [gi for gi in in_theme if cell_of[gi][1] == kind]
