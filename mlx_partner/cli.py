@@ -483,7 +483,7 @@ def models_list() -> None:
         click.echo(f"No models in {models_cache()} yet; import a GGUF with `mlx-partner models import FILE.gguf` "
                    f"or fetch the demo model with `mlx-partner models import --demo`.", err=True)
         return
-    rows = [(m.name, f"{m.parameters / 1e6:.0f}M" if m.parameters else "?", m.dtype,
+    rows = [(m.name, f"{m.parameters / 1e6:.{1 if m.parameters < 1e7 else 0}f}M" if m.parameters else "?", m.dtype,
              f"{m.size_bytes / 1e6:.0f} MB", m.source) for m in found]
     widths = [max(len(r[i]) for r in [("name", "params", "dtype", "size", "source"), *rows]) for i in range(4)]
     for row in [("name", "params", "dtype", "size", "source"), *rows]:
