@@ -14,9 +14,11 @@ import difflib
 import math
 import re
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 KINDS = ("genuine", "scenario", "pushback")
 
@@ -235,49 +237,77 @@ def _grams(question: str, n: int = 4) -> Counter[str]:
 
 def similarity(a: str, b: str) -> float:
     """Cosine similarity of the character 4-grams of two questions' content words (1.0 = same)."""
-    ga, gb = _grams(a), _grams(b)
-    dot = sum(v * gb.get(k, 0) for k, v in ga.items())
-    norm = math.sqrt(sum(v * v for v in ga.values())) * math.sqrt(sum(v * v for v in gb.values()))
+    return _cosine(_grams(a), _grams(b))
+
+
+_DIM = 1 << 11  # hashed 4-gram space: small enough to be fast, collisions cost a percent or two
+
+
+def _vector(grams: Counter[str]) -> Any:
+    """The grams hashed (crc32: stable across runs, unlike hash()) into a unit vector."""
+    import numpy as np
+
+    vec = np.zeros(_DIM, dtype=np.float32)
+    for g, v in grams.items():
+        vec[zlib.crc32(g.encode()) & (_DIM - 1)] += v
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm else vec
+
+
+def _cosine(a: Counter[str], b: Counter[str]) -> float:
+    dot = sum(v * b.get(k, 0) for k, v in a.items())
+    norm = math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values()))
     return dot / norm if norm else 0.0
 
 
 class QuestionIndex:
     """Questions seen so far; `find` returns the earlier one a new question nearly repeats.
 
-    Deterministic: the answer depends only on what was added, in which order. Candidates are
-    pre-filtered through an inverted index of 4-grams, so a few thousand questions stay fast.
+    Deterministic: the answer depends only on what was added, in which order. A matrix product
+    over hashed 4-gram vectors finds candidates (fast for thousands of questions); the exact
+    cosine of the gram counts decides.
     """
 
     def __init__(self, threshold: float = DUPLICATE_THRESHOLD) -> None:
+        import numpy as np
+
         self.threshold = threshold
-        self._items: list[tuple[str, str, Counter[str], float]] = []  # (label, question, grams, norm)
-        self._postings: dict[str, list[int]] = {}
+        self._items: list[tuple[str, str, Counter[str]]] = []  # (label, question, grams)
+        self._matrix = np.zeros((64, _DIM), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def add(self, question: str, label: str = "") -> None:
+        import numpy as np
+
         grams = _grams(question)
-        norm = math.sqrt(sum(v * v for v in grams.values()))
-        index = len(self._items)
-        self._items.append((label, question, grams, norm))
-        for g in grams:
-            self._postings.setdefault(g, []).append(index)
+        if len(self._items) == len(self._matrix):
+            self._matrix = np.concatenate([self._matrix, np.zeros_like(self._matrix)])
+        self._matrix[len(self._items)] = _vector(grams)
+        self._items.append((label, question, grams))
 
     def find(self, question: str) -> tuple[str, str, float] | None:
         """(label, earlier question, similarity) of the closest earlier near-duplicate, or None."""
-        grams = _grams(question)
-        norm = math.sqrt(sum(v * v for v in grams.values()))
-        if not norm:
+        import numpy as np
+
+        if not self._items:
             return None
-        dots: dict[int, int] = {}
-        for g, v in grams.items():
-            for i in self._postings.get(g, ()):
-                dots[i] = dots.get(i, 0) + v * self._items[i][2][g]
+        grams = _grams(question)
+        vec = _vector(grams)
+        nz = np.flatnonzero(vec)  # ~60 of the columns: a small product, no BLAS call
+        approx = (self._matrix[: len(self._items), nz] * vec[nz]).sum(axis=1)
         best: tuple[str, str, float] | None = None
-        for i in sorted(dots):
-            label, text, _, other = self._items[i]
-            sim = dots[i] / (norm * other)
+        # A hash collision moves the approximate cosine by a percent or two (measured: at most
+        # 0.011 down for similar questions), so a margin keeps every true match among the
+        # candidates; they are checked exactly, most similar first, until none can do better.
+        margin = 0.03
+        candidates = np.flatnonzero(approx >= self.threshold - margin)
+        for i in candidates[np.argsort(-approx[candidates], kind="stable")]:
+            if best is not None and approx[i] < best[2] - margin:
+                break
+            label, text, other = self._items[int(i)]
+            sim = _cosine(grams, other)
             if sim >= self.threshold and (best is None or sim > best[2]):
                 best = (label, text, sim)
         return best
