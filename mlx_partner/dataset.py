@@ -475,6 +475,7 @@ class DatasetReport:
     files: list[str]
     pairs_read: int
     duplicates_dropped: int
+    duplicates: list[str]  # "id (file:line)" of each dropped pair
     malformed: list[str]
     counts: dict[str, int]
     by_theme: dict[str, dict[str, int]]
@@ -575,6 +576,13 @@ def run_dataset(
         )
     pairs, dropped = drop_duplicates(read.pairs)
     warnings = list(read.warnings)
+    first = {p.id: p for p in pairs}
+    clashes = [d for d in dropped if d.id in first and normalize(first[d.id].question) != normalize(d.question)]
+    if clashes:
+        warnings.append(
+            f"{len(clashes)} pair(s) reuse an id with a different question and were dropped, e.g. {clashes[0].id} at "
+            f"{clashes[0].origin} (first at {first[clashes[0].id].origin}); give hand-written pairs their own ids."
+        )
     if read.malformed:
         warnings.append(f"{len(read.malformed)} malformed line(s) skipped, e.g. {read.malformed[0]}")
 
@@ -645,6 +653,7 @@ def run_dataset(
         files=read.files,
         pairs_read=len(read.pairs),
         duplicates_dropped=len(dropped),
+        duplicates=[f"{d.id} ({d.origin})" for d in dropped],
         malformed=read.malformed,
         counts={s: len(split_pairs[s]) for s in SPLITS},
         by_theme={t: {s: sum(1 for p in split_pairs[s] if p.theme == t) for s in SPLITS} for t in themes},

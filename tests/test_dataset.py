@@ -563,6 +563,20 @@ def test_unknown_kind_is_kept_with_a_warning(ws):
     assert "unknown kind 'koan'" in result.stderr and "koan" in result.stdout
 
 
+def test_duplicates_are_dropped_and_id_clashes_named(ws, tmp_path):
+    batches = synthetic_pairs([30])
+    write_pairs(ws, batches)
+    again = tmp_path / "again.jsonl"
+    clash = dict(batches["theme0"][1], question="A different question about kettles and lamps?")
+    again.write_text(json.dumps(batches["theme0"][0]) + "\n" + json.dumps(clash) + "\n")
+    result = invoke(ws, "--pairs", str(again), "--base-model", "/nonexistent/model", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pairs_read"] == 32 and report["duplicates_dropped"] == 2
+    assert report["duplicates"] == [f"theme0-000 ({again}:1)", f"theme0-001 ({again}:2)"]
+    assert "reuse an id with a different question" in result.stderr and f"{again}:2" in result.stderr
+
+
 def test_fewer_examples_than_the_batch_size_gives_both_numbers(ws):
     write_pairs(ws, synthetic_pairs([5]))
     (ws / "data" / "train.jsonl").write_text('{"messages": []}\n')
@@ -571,6 +585,27 @@ def test_fewer_examples_than_the_batch_size_gives_both_numbers(ws):
     assert "Only 3 training example(s) for a batch size of 4" in result.stderr
     # Nothing half-written: the earlier file is untouched.
     assert (ws / "data" / "train.jsonl").read_text() == '{"messages": []}\n'
+
+
+def test_a_model_without_a_chat_template_is_refused(ws, models, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(models["chatml"], plain)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    write_pairs(ws, synthetic_pairs([30]))
+    result = invoke(ws, "--base-model", str(plain))
+    assert result.exit_code == 1 and "no chat template" in result.stderr
+
+
+def test_no_profile_gives_a_generic_prompt(ws):
+    (ws / "profile.md").unlink()
+    write_pairs(ws, synthetic_pairs([30]))
+    result = invoke(ws, "--base-model", "/nonexistent/model", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["system_prompt"].startswith("You are the author's thinking partner.")
+    assert "no profile.md" in report["system_prompt_source"]
 
 
 def test_missing_pairs_file(ws):
