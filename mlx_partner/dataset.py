@@ -284,25 +284,30 @@ def drop_duplicates(pairs: Sequence[Pair]) -> tuple[list[Pair], list[Pair]]:
 # --- splits ------------------------------------------------------------------------------------
 
 
+def round_shares(shares: dict[str, float], total: int, rng: random.Random,
+                 priority: dict[str, float] | None = None, capacity: dict[str, int] | None = None) -> dict[str, int]:
+    """Whole numbers summing to `total`, each the floor of its share or one more (largest remainder).
+
+    `priority` (e.g. how far behind its share a key is so far) is added to the remainder when
+    handing out the extra units, ties are broken at random, and no key gets more than its
+    `capacity`. With shares summing to about `total`, every key stays within one of its share.
+    """
+    out = {k: math.floor(q) for k, q in shares.items()}
+    bonus = priority or {}
+    keys = sorted(shares, key=lambda k: (-(shares[k] - out[k] + bonus.get(k, 0.0)), rng.random()))
+    keys = [k for k in keys if capacity is None or out[k] < capacity.get(k, 0)]
+    for k in keys[: max(0, total - sum(out.values()))]:
+        out[k] += 1
+    return out
+
+
 def apportion(total: int, weights: dict[str, float], rng: random.Random,
               priority: dict[str, float] | None = None, capacity: dict[str, int] | None = None) -> dict[str, int]:
-    """Split `total` over keys in proportion to `weights` (largest remainder).
-
-    Left-over units go to the largest remainders; `priority` (e.g. how far behind its share a
-    key is so far) is added to the remainder, ties are broken at random, and no key gets more
-    than its `capacity`.
-    """
+    """Split `total` over keys in proportion to `weights` (see `round_shares`)."""
     mass = sum(weights.values())
     if total <= 0 or mass <= 0:
         return {k: 0 for k in weights}
-    quotas = {k: total * w / mass for k, w in weights.items()}
-    out = {k: math.floor(q) for k, q in quotas.items()}
-    bonus = priority or {}
-    keys = sorted(weights, key=lambda k: (-(quotas[k] - out[k] + bonus.get(k, 0.0)), rng.random()))
-    keys = [k for k in keys if capacity is None or out[k] < capacity.get(k, 0)]
-    for k in keys[: total - sum(out.values())]:
-        out[k] += 1
-    return out
+    return round_shares({k: total * w / mass for k, w in weights.items()}, total, rng, priority, capacity)
 
 
 def _round(x: float) -> int:
@@ -349,7 +354,8 @@ def plan_splits(
         for gi, s in assignment.items():
             if s == split:
                 taken[cell_of[gi][0]] += len(groups[gi])
-        per_theme = apportion(total, {t: theme_n[t] * fraction for t in theme_n}, rng)
+        # Each theme gets the floor or the ceiling of its exact share, n_theme * fraction.
+        per_theme = round_shares({t: theme_n[t] * fraction for t in theme_n}, total, rng)
         # Kinds are balanced within each theme and, through the running deficit, across themes.
         expected: Counter[str] = Counter()
         got: Counter[str] = Counter()

@@ -242,6 +242,6 @@ def hygiene_checks(tokenizer: Any, system_prompt: str, question: str, answer: st
             checks.append(Check("think blocks", "fail",
                                 f"training shows the reply opening a {think} block that chat does not; both should have thinking off"))
         else:
-            extra = "" if offset == len(chat_ids) else f" (the loss starts {len(chat_ids) - offset} token(s) earlier, on the empty {think} block)"
+            extra = "" if not mask_prompt or offset == len(chat_ids) else f" (the loss starts {len(chat_ids) - offset} token(s) earlier, on the empty {think} block)"
             checks.append(Check("think blocks", "ok", f"thinking is off the same way in training and chat{extra}"))
     return checks

@@ -325,6 +325,21 @@ def test_364_pairs_in_9_batches_follow_the_fractions_per_theme(seed):
             assert abs(kinds[kind, split] - n * 0.1) <= 1, (kind, split)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_any_theme_sizes_and_fractions_stay_within_one(seed):
+    rng = random.Random(seed)
+    sizes = [rng.randint(3, 60) for _ in range(rng.randint(2, 12))]
+    pairs = to_pairs(synthetic_pairs(sizes, seed=seed))
+    groups = near_duplicate_groups([p.question for p in pairs])
+    for vf, tf in ((0.1, 0.1), (0.15, 0.05), (0.2, 0.0)):
+        plan = plan_splits(pairs, groups, vf, tf, seed, batch_size=1)
+        for key in ("theme", "kind"):
+            got = Counter((getattr(p, key), plan.assignment[p.id]) for p in pairs)
+            for value, n in Counter(getattr(p, key) for p in pairs).items():
+                for split, f in (("valid", vf), ("test", tf)):
+                    assert abs(got[value, split] - n * f) <= 1, (sizes, vf, tf, key, value, split)
+
+
 def test_splits_are_seeded():
     pairs = to_pairs(synthetic_pairs())
     groups = near_duplicate_groups([p.question for p in pairs])
