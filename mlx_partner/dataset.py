@@ -546,8 +546,16 @@ def previous_test_ids(ws: Workspace) -> list[str]:
 
 
 def pair_files(ws: Workspace, extra: Iterable[Path] = ()) -> list[Path]:
+    """data/pairs/*.jsonl, then the extra files; a file named twice is read once."""
     files = sorted(ws.pairs_dir.glob("*.jsonl")) if ws.pairs_dir.is_dir() else []
-    return files + [Path(p) for p in extra]
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for path in [*files, *(Path(p) for p in extra)]:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
 
 
 def run_dataset(

@@ -592,6 +592,14 @@ def test_duplicates_are_dropped_and_id_clashes_named(ws, tmp_path):
     assert "reuse an id with a different question" in result.stderr and f"{again}:2" in result.stderr
 
 
+def test_a_pairs_file_named_twice_is_read_once(ws):
+    write_pairs(ws, synthetic_pairs([30]))
+    inside = ws / "data" / "pairs" / "theme0.jsonl"
+    result = invoke(ws, "--pairs", str(inside), "--pairs", str(inside), "--base-model", "/nonexistent/model", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["pairs_read"] == 30
+
+
 def test_fewer_examples_than_the_batch_size_gives_both_numbers(ws):
     write_pairs(ws, synthetic_pairs([5]))
     (ws / "data" / "train.jsonl").write_text('{"messages": []}\n')
