@@ -485,6 +485,17 @@ def stale_pairs(pairs: Iterable[Mapping[str, Any]], hashes: Mapping[str, str]) -
     return out
 
 
+def unfinished_message_batches(ledger: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Message batches a run submitted but never collected (it was killed while polling)."""
+    records = list(ledger)
+    done = {r.get("id") for r in records if r.get("event") == "message_batch_done"}
+    return [dict(r) for r in records if r.get("event") == "message_batch" and r.get("id") not in done]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """One batch: how many pairs it should have, and the rounds still to send."""
@@ -895,6 +906,8 @@ class _Runner:
             self.accepted_at[plan.batch.id] = {
                 (p.get("batch_sha", ""), p.get("round", -1), p.get("position", -1)) for p in prep.active.get(plan.batch.id, ())
             }
+        ledger, _ = read_jsonl(ws.ledger_path)
+        self.open_batches = unfinished_message_batches(ledger)
         rejected, _ = read_jsonl(ws.rejected_path)
         self.rejected_at = {(r.get("batch"), r.get("batch_sha"), r.get("round"), r.get("position")) for r in rejected}
         todo = sum(len(p.todo) for p in prep.plans)
@@ -925,7 +938,7 @@ class _Runner:
             "mode": job.mode, "batch_api": self.batch_api, **usage, "cost_usd": round(cost, 6),
             "status": status, "request_id": request_id,
             "source_hashes": {d: self.prep.hashes[d] for d in batch.doc_ids if d in self.prep.hashes},
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "time": _now(),
         }
         if error:
             record["error"] = redact(error)
@@ -1056,24 +1069,54 @@ class _Runner:
             # Requests still in flight are lost on an error or Ctrl-C; nothing half-written remains.
             pool.shutdown(wait=False, cancel_futures=True)
 
+    def _resumable(self, jobs: list[Job]) -> tuple[str, dict[str, Job]] | None:
+        """A message batch a killed run submitted for some of these rounds, to collect, not resend."""
+        by_key = {job.round.key: job for job in jobs}
+        for event in reversed(self.open_batches):
+            keys = event.get("keys") or {}
+            if keys and set(keys.values()) <= set(by_key):
+                self.open_batches.remove(event)
+                return event["id"], {cid: by_key[key] for cid, key in keys.items()}
+        return None
+
     def run_batch_api(self, client: Any) -> None:
+        """Send each wave of rounds (round r of every batch) as one message batch, poll, collect."""
         import anthropic
 
         jobs = [Job(p) for p in self.prep.plans if p.todo]
         while jobs:
-            by_id: dict[str, Job] = {}
+            resumed = self._resumable(jobs)
+            if resumed is not None:
+                batch_id, by_id = resumed
+                for job in by_id.values():
+                    job.mode = self.mode
+            else:
+                batch_id, by_id = "", {}
             requests = []
-            for i, job in enumerate(jobs):
-                custom_id = f"r{i:05d}-" + hashlib.sha256(f"{job.round.key}/{job.attempt}".encode()).hexdigest()[:20]
-                by_id[custom_id] = job
-                requests.append({"custom_id": custom_id, "params": self.params(job)})
+            if not by_id:
+                for i, job in enumerate(jobs):
+                    custom_id = f"r{i:05d}-" + hashlib.sha256(f"{job.round.key}/{job.attempt}".encode()).hexdigest()[:20]
+                    by_id[custom_id] = job
+                    requests.append({"custom_id": custom_id, "params": self.params(job)})
+            sent = {id(job) for job in by_id.values()}
+            waiting = [job for job in jobs if id(job) not in sent]  # not in a resumed batch
             try:
-                batch = client.messages.batches.create(requests=requests)
-                append_jsonl(self.ws.ledger_path, [{"event": "message_batch", "id": batch.id, "requests": len(requests),
-                                                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}])
+                if resumed is not None:
+                    try:
+                        batch = client.messages.batches.retrieve(batch_id)
+                    except anthropic.NotFoundError:  # expired or from another account: send anew
+                        jobs = list(by_id.values()) + waiting
+                        continue
+                    self.echo(f"Collecting message batch {batch_id}, sent by an earlier run.")
+                else:
+                    batch = client.messages.batches.create(requests=requests)
+                    append_jsonl(self.ws.ledger_path, [{
+                        "event": "message_batch", "id": batch.id, "time": _now(),
+                        "keys": {cid: job.round.key for cid, job in by_id.items()},
+                    }])
                 while batch.processing_status != "ended":
                     counts = batch.request_counts
-                    self.progress.status = f"message batch {batch.id}: {counts.succeeded + counts.errored}/{len(requests)} processed"
+                    self.progress.status = f"message batch {batch.id}: {counts.succeeded + counts.errored}/{len(by_id)} processed"
                     self.progress.show()
                     time.sleep(self.settings.poll_interval)
                     batch = client.messages.batches.retrieve(batch.id)
@@ -1105,7 +1148,8 @@ class _Runner:
             for job in by_id.values():
                 self._ledger(job, "failed", error="no result for this request in the message batch")
                 self._fail(job, "no result in the message batch")
-            jobs = follow_ups
+            append_jsonl(self.ws.ledger_path, [{"event": "message_batch_done", "id": batch.id, "time": _now()}])
+            jobs = waiting + follow_ups
 
     # -- after the requests --
 
@@ -1132,7 +1176,7 @@ def retire(ws: Workspace, prep: Prepared) -> int:
     """Move stale pairs out of data/pairs/ into data/retired.jsonl (logged first, then removed)."""
     if not prep.stale:
         return 0
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stamp = _now()
     append_jsonl(ws.retired_path, [{**p, "reason": why, "retired_at": stamp} for p, why in prep.stale])
     gone = {(p.get("batch"), p.get("id"), p.get("round"), p.get("position")) for p, _ in prep.stale}
     for path in sorted(ws.pairs_dir.glob("*.jsonl")):
@@ -1173,7 +1217,7 @@ def run_generate(
     prep = prepare(ws, settings, sources, force=force, batch_api=batch_api)
     runner = _Runner(ws, prep, settings, batch_api=batch_api, stream=stream, echo=echo)
     if force:
-        append_jsonl(ws.ledger_path, [{"event": "reset", "batch": p.batch.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        append_jsonl(ws.ledger_path, [{"event": "reset", "batch": p.batch.id, "time": _now()}
                                       for p in prep.plans])
     runner.result.retired = retire(ws, prep)
     client = anthropic.Anthropic(max_retries=settings.max_retries, timeout=settings.timeout)

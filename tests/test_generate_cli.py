@@ -278,6 +278,33 @@ def test_batch_api_gives_the_same_pairs_at_half_price(ws, api, tmp_path):
     assert cost(ws) == pytest.approx(0.5 * cost(other), rel=0.01)
 
 
+def test_killed_batch_api_run_collects_its_message_batch_instead_of_resending(ws, api, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(ws, reference)
+    api.configure(seed=4, invented=0.2, batch_polls=100_000)  # the first message batch never ends
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlx_partner", "-w", str(ws), "generate", "--batch-api"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        events = read_jsonl(ws / "data" / "ledger.jsonl")[0]
+        if any(e.get("event") == "message_batch" for e in events):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [r["path"] for r in api.requests if r["method"] == "POST"] == ["/v1/messages/batches"]
+    api.configure(batch_polls=0)
+    result = generate(ws, "--batch-api")
+    assert result.exit_code == 0, result.output
+    assert "Collecting message batch" in result.stderr
+    creates = [r for r in api.requests if r["method"] == "POST"]
+    assert len(creates) == 3  # one per wave of rounds, the first sent by the killed run
+    assert generate(reference).exit_code == 0
+    assert snapshot(ws) == snapshot(reference)
+
+
 # --- source changes, --force -------------------------------------------------------------------
 
 
@@ -325,6 +352,21 @@ def test_force_regenerates_everything(ws, api):
     assert len(retired) == 64 and {r["reason"] for r in retired} == {"regenerated (--force)"}
     api.reset_log()
     assert generate(ws).exit_code == 0 and messages_sent(api) == []
+
+
+def test_timeouts_fail_the_batch_and_the_next_run_retries_it(ws, api, monkeypatch):
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_TIMEOUT", "0.3")
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_MAX_RETRIES", "0")
+    api.configure(latency=0.6)
+    result = generate(ws, "--pairs", "16", "--concurrency", "4")
+    assert result.exit_code == 1
+    assert "timed out" in result.stdout and "Failed batches, retried on the next run" in result.stdout
+    assert {r["status"] for r in ledger(ws)} == {"failed"}
+    api.configure(latency=0.0)
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_TIMEOUT", "20")
+    result = generate(ws, "--pairs", "16")
+    assert result.exit_code == 0, result.output
+    assert len(pairs(ws)) == 16
 
 
 # --- bad input ---------------------------------------------------------------------------------
