@@ -99,6 +99,26 @@ def quiet_trainer(warnings: list[str]) -> Iterator[None]:
             setattr(trainer, name, value)
 
 
+@contextlib.contextmanager
+def _terminate_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a `kill`, or a job scheduler) stops training the way Ctrl-C does, files kept."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Monitor:
     """Our TrainingCallback: metrics, best checkpoint, periodic checkpoints, manifest, live line."""
 
@@ -336,7 +356,7 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
     outcome: BaseException | None = None
     stopped_early = False
     try:
-        with quiet_trainer(warnings):
+        with quiet_trainer(warnings), _terminate_like_ctrl_c():
             if args.iters > 0:
                 train(model=model, optimizer=opt, train_dataset=data.train, val_dataset=data.valid,
                       args=args, training_callback=monitor)

@@ -299,3 +299,30 @@ def test_cli_refuses_while_another_command_holds_the_workspace(tiny_model, tmp_p
     (tmp_path / ".mlx-partner.lock").write_text(json.dumps({"pid": os.getppid(), "command": "generate"}))
     r = invoke(tmp_path, "--base-model", str(tiny_model), "--iters", "2")
     assert r.exit_code == 1 and "Another mlx-partner command (generate" in r.output
+
+
+def test_a_real_sigterm_stops_cleanly_and_exits_130(tiny_model, tmp_path):
+    """The real signal path, in a subprocess: the run is marked stopped and its checkpoint kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_data(tmp_path)
+    env = {**os.environ, "MLX_PARTNER_FAST_BLAS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_partner", "-w", str(tmp_path), "train", "--base-model",
+                             str(tiny_model), "--iters", "5000", "--steps-per-eval", "5", "--run", "sig", "--quiet"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "adapters" / "sig" / "manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if manifest.exists() and (json.loads(manifest.read_text()).get("checkpoint") or {}).get("iteration"):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    m = json.loads(manifest.read_text())
+    assert m["status"] == "stopped" and m["checkpoint"]["iteration"] >= 5
+    assert "--resume" in out
