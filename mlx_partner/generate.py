@@ -1042,32 +1042,60 @@ class _Runner:
     # -- the two ways of sending --
 
     def run_concurrent(self, client: Any) -> None:
-        from collections import deque
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        """Up to `concurrency` requests in flight, each batch's rounds one after another.
 
-        queue = deque(Job(p) for p in self.prep.plans if p.todo)
-        pool = ThreadPoolExecutor(max_workers=max(1, self.settings.concurrency), thread_name_prefix="generate")
-        flying: dict[Any, Job] = {}
+        Workers only make the network call; replies are checked and written here, in this
+        thread, in the order they arrive. The workers are daemon threads, so Ctrl-C or a fatal
+        error ends the run at once: requests still in flight are lost, nothing is half-written.
+        """
+        import queue
+        import threading
+        from collections import deque
+
+        pending = deque(Job(p) for p in self.prep.plans if p.todo)
+        width = max(1, self.settings.concurrency)
+        tasks: queue.Queue[tuple[Job, dict[str, Any]] | None] = queue.Queue()
+        results: queue.Queue[tuple[Job, tuple[str, Any, str | None]]] = queue.Queue()
+
+        def work() -> None:
+            while (task := tasks.get()) is not None:
+                job, params = task
+                try:
+                    results.put((job, _call(client, params)))
+                except BaseException as exc:  # a bug, not an API error: re-raised in the main thread
+                    results.put((job, ("crash", exc, None)))
+
+        workers = [threading.Thread(target=work, name=f"generate-{i}", daemon=True) for i in range(width)]
+        for worker in workers:
+            worker.start()
+        flying = 0
 
         def submit(job: Job) -> None:
-            flying[pool.submit(_call, client, self.params(job))] = job
+            nonlocal flying
+            tasks.put((job, self.params(job)))
+            flying += 1
 
         try:
-            while queue and len(flying) < max(1, self.settings.concurrency):
-                submit(queue.popleft())
+            while pending and flying < width:
+                submit(pending.popleft())
             while flying:
-                finished, _ = wait(list(flying), timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    job = flying.pop(future)
-                    follow = self.handle(job, future.result())
-                    if follow is not None:
-                        submit(follow)
-                    elif queue:
-                        submit(queue.popleft())
+                try:
+                    job, outcome = results.get(timeout=0.5)
+                except queue.Empty:
+                    self.progress.show()
+                    continue
+                flying -= 1
+                if outcome[0] == "crash":
+                    raise outcome[1]
+                follow = self.handle(job, outcome)
+                if follow is not None:
+                    submit(follow)
+                elif pending:
+                    submit(pending.popleft())
                 self.progress.show()
         finally:
-            # Requests still in flight are lost on an error or Ctrl-C; nothing half-written remains.
-            pool.shutdown(wait=False, cancel_futures=True)
+            for _ in workers:
+                tasks.put(None)
 
     def _resumable(self, jobs: list[Job]) -> tuple[str, dict[str, Job]] | None:
         """A message batch a killed run submitted for some of these rounds, to collect, not resend."""
@@ -1224,11 +1252,13 @@ def run_generate(
     runner.base_url = str(client.base_url).rstrip("/")
     if runner.progress.total:
         runner.progress.show(force=True)
-        if batch_api:
-            runner.run_batch_api(client)
-        else:
-            runner.run_concurrent(client)
-        runner.progress.close()
+        try:
+            if batch_api:
+                runner.run_batch_api(client)
+            else:
+                runner.run_concurrent(client)
+        finally:
+            runner.progress.close()
     runner.dedupe_across_batches()
     write_source_hashes(ws, list(prep.docs.values()))
     runner.result.active_total = sum(len(v) for v in _load_active(ws).values())
