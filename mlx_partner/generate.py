@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import GenerateSettings, SourcesSettings
-from .errors import GenerationError, SourceError
+from .errors import ConfigError, GenerationError, SourceError
 from .grounding import KINDS, QuestionIndex, Rejection, check_pair, question_key
 from .sources import Batch, Document, estimate_tokens
-from .workspace import Workspace, append_jsonl, atomic_write_jsonl, read_jsonl
+from .workspace import Workspace, append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 PROMPT_VERSION = "gen-1"
 TOOL_NAME = "record_pairs"
@@ -696,6 +696,25 @@ def _load_active(ws: Workspace) -> dict[str, list[dict[str, Any]]]:
     return active
 
 
+def check_settings(settings: GenerateSettings) -> None:
+    """Settings from partner.toml or the environment that cannot work, as one plain sentence."""
+    problems = [
+        (settings.output not in ("auto", "tool", "json"), f"generate.output is {settings.output!r}; use auto, tool or json"),
+        (settings.concurrency < 1, "generate.concurrency must be at least 1"),
+        (settings.pairs_per_round < 1, "generate.pairs_per_round must be at least 1"),
+        (settings.pairs_total < 0, "generate.pairs_total must be 0 (automatic) or more"),
+        (settings.validation_retries < 0, "generate.validation_retries must be 0 or more"),
+        (settings.max_retries < 0, "generate.max_retries must be 0 or more"),
+        (settings.max_tokens < 256, "generate.max_tokens must be at least 256"),
+        (settings.timeout <= 0 or settings.poll_interval <= 0, "generate.timeout and generate.poll_interval must be positive"),
+        (not settings.model.strip(), "generate.model is empty; name a model, e.g. claude-sonnet-5-5"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise ConfigError(f"The setting {message} (partner.toml, MLX_PARTNER_GENERATE_*, or a flag).")
+    normalise_mix(settings.mix)
+
+
 def prepare(
     ws: Workspace,
     settings: GenerateSettings,
@@ -706,6 +725,7 @@ def prepare(
 ) -> Prepared:
     from .sources import load_documents, load_profile, plan_batches, recorded_source_hashes
 
+    check_settings(settings)
     profile = load_profile(ws)
     documents, _skipped = load_documents(ws.sources_dir)
     if not documents:
@@ -1237,8 +1257,6 @@ def run_generate(
     """Generate what is missing; write pairs, rejections, ledger and sources.json as it goes."""
     import anthropic
 
-    from .sources import write_source_hashes
-
     echo = echo or (lambda s: print(s, file=sys.stderr))
     check_credentials(os.environ)  # before any work
     _drop_torn_lines(ws)
@@ -1260,6 +1278,11 @@ def run_generate(
         finally:
             runner.progress.close()
     runner.dedupe_across_batches()
-    write_source_hashes(ws, list(prep.docs.values()))
+    # Documents count as generated once every batch holding them is through; the others keep
+    # their earlier record, so `sources` still shows them as new or changed.
+    failed_docs = {d for p in prep.plans if p.batch.id in runner.result.failed for d in p.batch.doc_ids}
+    record = {d: h for d, h in prep.previous_hashes.items() if d in failed_docs}
+    record.update({d: h for d, h in prep.hashes.items() if d not in failed_docs})
+    atomic_write_json(ws.data_dir / "sources.json", dict(sorted(record.items())))
     runner.result.active_total = sum(len(v) for v in _load_active(ws).values())
     return runner.result

@@ -228,6 +228,8 @@ def test_invalid_replies_are_asked_again_and_failed_batches_retried_next_run(ws,
     statuses = Counter(r["status"] for r in ledger(ws))
     assert statuses == {"invalid": 8, "failed": 4}  # each first round: asked 3 times (2 re-asks)
     assert pairs(ws) == []
+    # nothing was generated from the documents, so `sources` still calls them new
+    assert json.loads((ws / "data" / "sources.json").read_text()) == {}
     api.configure(malformed=0.25, truncated=0.25)
     result = generate(ws)
     statuses = Counter(r["status"] for r in ledger(ws))
@@ -414,6 +416,21 @@ def test_empty_profile_is_an_error(ws, api, profile):
     (ws / "profile.md").write_text(profile)
     result = generate(ws)
     assert result.exit_code == 1 and "profile" in result.output.lower()
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("OUTPUT", "xml", "generate.output is 'xml'"),
+        ("CONCURRENCY", "0", "concurrency must be at least 1"),
+        ("MAX_TOKENS", "10", "max_tokens must be at least 256"),
+    ],
+)
+def test_bad_settings_are_plain_errors(ws, api, monkeypatch, name, value, message):
+    monkeypatch.setenv(f"MLX_PARTNER_GENERATE_{name}", value)
+    result = generate(ws)
+    assert result.exit_code == 1 and message in result.output
     assert api.requests == []
 
 
