@@ -194,7 +194,7 @@ def estimate(arch: Arch, k: Knobs, seq_len: int, on_cpu: bool) -> Estimate:
         stored = kept_layers * tokens * arch.hidden * act_bytes + 2 * per_layer
     else:
         stored = kept_layers * per_layer + per_layer
-    logits = tokens * arch.vocab * 4 * 3  # logits, log-softmax and its gradient, in float32
+    logits = tokens * arch.vocab * act_bytes * 3  # logits, log-softmax and their gradient
     return Estimate(weights, trainable_params, trainable, stored + logits, OVERHEAD_BYTES)
 
 

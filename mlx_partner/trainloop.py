@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -286,6 +287,16 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         if run_dir.exists() and (run_dir / "manifest.json").exists():
             raise TrainingError(f"Run {run_dir.name} exists already; choose another --run name, or --resume it.")
     say = echo_err if progress else (lambda *a, **k: None)
+    src = None
+    if continue_from:
+        # The adapters must fit the layers they were trained for: take the earlier run's shape.
+        src = find_run(ws, continue_from)
+        shape = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+        lora = shape.get("lora_parameters") or {}
+        s = dataclasses.replace(s, fine_tune_type=shape.get("fine_tune_type", s.fine_tune_type),
+                                num_layers=int(shape.get("num_layers", s.num_layers)),
+                                lora_rank=int(lora.get("rank", s.lora_rank)), lora_scale=float(lora.get("scale", s.lora_scale)),
+                                lora_dropout=float(lora.get("dropout", s.lora_dropout)))
 
     loaded = load_model(s.base_model, workspace_root=ws.root)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -299,9 +310,14 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         say(line)
 
     _build(model, s)
-    if continue_from:
-        src = find_run(ws, continue_from)
-        model.load_weights(str(src / "adapters.safetensors"), strict=False)
+    if src is not None:
+        earlier = read_manifest(src).get("base_model_path")
+        if earlier and Path(earlier).resolve() != loaded.path.resolve():
+            raise TrainingError(f"Run {src.name} was trained on {earlier}, not {loaded.path}; continue it with that base model.")
+        try:
+            model.load_weights(str(src / "adapters.safetensors"), strict=False)
+        except (ValueError, OSError) as exc:
+            raise TrainingError(f"The adapters of {src.name} do not fit this model ({exc}).") from None
         say(f"Starting from the adapters of {src.name}.")
     if resume and offset:
         model.load_weights(str(run_dir / "checkpoints" / "last.safetensors"), strict=False)
@@ -330,7 +346,7 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         "run": run_dir.name, "base_model": s.base_model, "base_model_path": str(loaded.path),
         "system_prompt": data.system_prompt, "dataset": _dataset_info(ws, data),
         "settings": settings_record(s), "metrics": {"train": [], "valid": []}, "best": None,
-        "base_val_loss": None, "continued_from": continue_from,
+        "base_val_loss": None, "continued_from": src.name if src is not None else None,
     }
     m.update({
         "status": "running", "dtype": loaded.dtype, "machine": _machine(on_cpu), "versions": _versions(),

@@ -129,6 +129,16 @@ def test_latest_pointer_and_find_run(finished, tmp_path):
         find_run(tmp_path / "empty")
 
 
+def test_manifest_takes_the_dataset_hash_from_dataset_json(tmp_path):
+    from mlx_partner.train import Data, _dataset_info
+
+    ws = write_data(tmp_path)
+    data = Data([], [], {"train": 0, "valid": 0, "test": 0}, "ab" * 32, SYSTEM, [])
+    assert _dataset_info(ws, data)["hash"] == "sha256:" + "ab" * 32
+    (ws.data_dir / "dataset.json").write_text(json.dumps({"hash": "sha256:1234"}))
+    assert _dataset_info(ws, data)["hash"] == "sha256:1234"
+
+
 def test_early_stopping_stops_and_keeps_the_best(tiny_model, tmp_path):
     ws = write_data(tmp_path)
     # A learning rate of zero never improves on the first validation: patience 1 stops at the next.
@@ -226,7 +236,10 @@ def test_dora_and_full_fine_tuning(tiny_model, tmp_path):
 
 def test_continue_from_starts_at_the_earlier_adapters(finished, tiny_model):
     ws, _ = finished
-    result = run_train(ws, settings(tiny_model, iters=2), run_name="again", continue_from="first", progress=False)
+    # A different rank asked for: the earlier run's adapter shape wins, so its weights fit.
+    result = run_train(ws, settings(tiny_model, iters=2, lora_rank=4), run_name="again", continue_from="first",
+                       progress=False)
+    assert json.loads((result.run_dir / "adapter_config.json").read_text())["lora_parameters"]["rank"] == 8
     m = read_manifest(result.run_dir)
     first = read_manifest(ws.adapters_dir / "first")
     assert m["continued_from"] == "first"
@@ -242,9 +255,14 @@ def invoke(ws_root: Path, *args: str):
 
 def test_cli_trains_and_prints_the_result(tiny_model, tmp_path):
     write_data(tmp_path)
-    r = invoke(tmp_path, "--base-model", str(tiny_model), "--iters", "4", "--run", "cli", "--quiet")
+    r = invoke(tmp_path, "--base-model", str(tiny_model), "--iters", "10", "--run", "cli")
     assert r.exit_code == 0, r.output
-    assert "Best validation loss" in r.output and "Adapters:" in r.output and "planned" in r.output
+    assert "Best validation loss" in r.stdout and "Adapters:" in r.stdout and "planned" in r.stdout
+    # The header and the live line go to stderr, so stdout stays for results.
+    assert "Backend:" in r.stderr and "Memory plan" in r.stderr and "Backend:" not in r.stdout
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("iter 10/10")][-1]
+    for part in ("epoch", "train", "val", "tok/s", "peak", "ETA"):
+        assert part in line, line
     assert (tmp_path / "adapters" / "cli" / "adapters.safetensors").exists()
     r = invoke(tmp_path, "--base-model", str(tiny_model), "--iters", "4", "--run", "cli")
     assert r.exit_code == 1 and "exists already" in r.output
