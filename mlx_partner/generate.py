@@ -206,7 +206,7 @@ def documents_block(batch: Batch, docs: Mapping[str, Document]) -> str:
     ]
     for doc_id, text in batch_texts(batch).items():
         doc = docs.get(doc_id)
-        title = f' title="{doc.title}"'.replace("\n", " ") if doc and doc.title else ""
+        title = ' title="{}"'.format(" ".join(doc.title.replace('"', "'").split())) if doc and doc.title else ""
         parts.append(f'<document id="{doc_id}"{title}>\n{_escape(text)}\n</document>')
     return "\n\n".join(parts)
 
@@ -994,6 +994,8 @@ class _Runner:
             fatal, message = describe_api_error(value, self.base_url, self.credential)
             if fatal:
                 raise GenerationError(redact(message))
+            if rejects_tools(value) and job.mode == "tool":
+                message += " (the endpoint may not support tools: try --output json)"
             self._ledger(job, "failed", request_id=request_id, error=message)
             self._fail(job, message)
             return None

@@ -243,6 +243,21 @@ def test_invalid_replies_are_asked_again_and_failed_batches_retried_next_run(ws,
     assert len(pairs(ws)) == 64
 
 
+def test_forced_tool_use_on_an_endpoint_without_tools_says_what_to_do(ws, api):
+    api.configure(no_tools=True)
+    result = generate(ws, "--output", "tool")
+    assert result.exit_code == 1 and "try --output json" in result.stdout
+
+
+def test_a_torn_last_line_from_a_kill_is_dropped(ws, api):
+    assert generate(ws).exit_code == 0
+    path = ws / "data" / "pairs" / "bread.jsonl"
+    before = path.read_text()
+    path.write_text(before + '{"id": "abc", "question": "half a li')
+    assert generate(ws).exit_code == 0
+    assert path.read_text() == before
+
+
 @pytest.mark.parametrize(
     "faults, args, note",
     [
