@@ -164,6 +164,9 @@ def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_mod
         say(click.style(f"\n[{n}/{steps}] {text}", bold=True), err=True)
         return time.perf_counter()
 
+    def indent(text: str) -> None:
+        say(f"      {text}", err=True)
+
     def done(name: str, t0: float) -> None:
         result.timings[name] = time.perf_counter() - t0
         say(f"      done in {_duration(result.timings[name])}", err=True)
@@ -179,7 +182,7 @@ def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_mod
         else:
             from .models import ensure_demo_model
 
-            model_path = ensure_demo_model()
+            model_path = ensure_demo_model(log=indent)
             say(f"      SmolLM2-135M-Instruct at {model_path}", err=True)
         result.base_model = model_path
         done("model", t0)
@@ -217,8 +220,8 @@ def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_mod
         t0 = header(4, f"Fuse into {ws.models_dir.name}/{result.run}/")
         from .fuse import run_fuse
 
-        fused = run_fuse(ws, run_name=result.run)
-        result.model_dir = Path(getattr(fused, "model_dir", ws.models_dir / result.run))
+        fused = run_fuse(ws, run_name=result.run, log=indent)
+        result.model_dir = fused.model_dir
         done("fuse", t0)
 
         # 5. Base against partner, same system prompt, greedy.
