@@ -16,13 +16,16 @@ The REPL around it lives in `run_repl`; `cli.py` only parses flags and calls it.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, PartnerError, TrainingError
+from .config import Settings
+from .errors import DatasetError, ModelError, PartnerError, TrainingError
 from .workspace import Workspace, atomic_write_text
 
 # --- what to talk to ---------------------------------------------------------------------------
@@ -59,10 +62,14 @@ def _run_system_prompt(run_dir: Path, manifest: dict[str, Any]) -> str:
     return text
 
 
-def _workspace_system_prompt(ws: Workspace) -> str:
-    from .dataset import load_system_prompt
+def _workspace_system_prompt(ws: Workspace, settings: Settings | None = None) -> str:
+    """The dataset's system prompt; before any dataset, the one `dataset` would derive."""
+    from .dataset import load_system_prompt, resolve_system_prompt
 
-    return load_system_prompt(ws)
+    try:
+        return load_system_prompt(ws)
+    except DatasetError:
+        return resolve_system_prompt(ws, settings or Settings())[0]
 
 
 def no_run_message(ws: Workspace) -> str:
@@ -85,13 +92,14 @@ def _find_run(ws: Workspace, name: str | None) -> tuple[Path, dict[str, Any]]:
 
 
 def resolve_target(ws: Workspace, *, run: str | None = None, model: str | None = None,
-                   base: bool = False, base_model: str | None = None) -> ChatTarget:
+                   base: bool = False, base_model: str | None = None,
+                   settings: Settings | None = None) -> ChatTarget:
     """What `chat` talks to, given its flags (at most one of run/model/base matters; see cli)."""
     if model is not None:
         path = Path(model).expanduser()
         prompt = _read_text(path / "system_prompt.txt") if path.is_dir() else None
         if prompt is None:
-            prompt = _workspace_system_prompt(ws)
+            prompt = _workspace_system_prompt(ws, settings)
         return ChatTarget(str(model), None, prompt, f"model {model}")
     if base:
         try:
@@ -100,7 +108,7 @@ def resolve_target(ws: Workspace, *, run: str | None = None, model: str | None =
             if run is not None or base_model is None:
                 raise
             # No run yet: the configured base model, with the workspace's system prompt.
-            return ChatTarget(base_model, None, _workspace_system_prompt(ws), f"base model {base_model}")
+            return ChatTarget(base_model, None, _workspace_system_prompt(ws, settings), f"base model {base_model}")
         ref = manifest.get("base_model_path") or manifest.get("base_model")
         if not ref:
             raise ModelError(f"The manifest of run {run_dir.name} does not name its base model.")
@@ -414,6 +422,9 @@ def run_repl(session: ChatSession, label: str) -> None:
     def say(text: str) -> None:
         click.echo(click.style(text, dim=True) if text.startswith("(") else text)
 
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input())
     click.echo(click.style(f"Chatting with {label}. /help for commands, /quit to leave.", dim=True), err=True)
     while True:
         try:

@@ -376,3 +376,17 @@ def test_a_fused_model_is_preferred(trained_ws, tiny_model, tmp_path):
     (fused / "system_prompt.txt").write_text("The fused model's copy of the prompt.")
     target = resolve_target(Workspace.at(root))
     assert target == ChatTarget(str(fused), None, "The fused model's copy of the prompt.", "run r1 (fused model)", "r1")
+
+
+def test_before_any_dataset_a_model_gets_the_prompt_dataset_would_derive(tiny_model, tmp_path):
+    from mlx_partner.config import Settings
+    from mlx_partner.dataset import resolve_system_prompt
+
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copy(repo / "profile.md", tmp_path / "profile.md")
+    ws = Workspace.at(tmp_path)
+    target = resolve_target(ws, model=str(tiny_model))
+    assert target.system_prompt == resolve_system_prompt(ws, Settings())[0]
+    assert "Oona" in target.system_prompt
+    configured = Settings().override("dataset", system_prompt="Be brief.")
+    assert resolve_target(ws, model=str(tiny_model), settings=configured).system_prompt == "Be brief."
