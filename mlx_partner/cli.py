@@ -382,7 +382,7 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
         "chat", temperature=temp, top_p=top_p, max_tokens=max_tokens, max_kv_size=max_kv_size, seed=seed
     ).chat
     target = resolve_target(app.workspace, run=run_name, model=model_path, base=base,
-                            base_model=app.settings.train.base_model)
+                            base_model=app.settings.train.base_model, settings=app.settings)
     click.echo(f"Loading {target.label} ...", err=True)
     session, loaded = open_session(
         target, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
