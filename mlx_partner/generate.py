@@ -706,6 +706,8 @@ def check_settings(settings: GenerateSettings) -> None:
         (settings.validation_retries < 0, "generate.validation_retries must be 0 or more"),
         (settings.max_retries < 0, "generate.max_retries must be 0 or more"),
         (settings.max_tokens < 256, "generate.max_tokens must be at least 256"),
+        # The SDK refuses non-streaming requests that could run past 10 minutes (~21,333 tokens).
+        (settings.max_tokens > 21000, "generate.max_tokens must be at most 21000 (one round is a few thousand)"),
         (settings.timeout <= 0 or settings.poll_interval <= 0, "generate.timeout and generate.poll_interval must be positive"),
         (not settings.model.strip(), "generate.model is empty; name a model, e.g. claude-sonnet-5-5"),
     ]

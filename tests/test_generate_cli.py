@@ -440,6 +440,7 @@ def test_empty_profile_is_an_error(ws, api, profile):
         ("OUTPUT", "xml", "generate.output is 'xml'"),
         ("CONCURRENCY", "0", "concurrency must be at least 1"),
         ("MAX_TOKENS", "10", "max_tokens must be at least 256"),
+        ("MAX_TOKENS", "64000", "max_tokens must be at most 21000"),
     ],
 )
 def test_bad_settings_are_plain_errors(ws, api, monkeypatch, name, value, message):
