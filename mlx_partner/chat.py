@@ -213,11 +213,20 @@ class ChatSession:
         return encode_prompt(self.tokenizer, render_prompt(self.tokenizer, self.messages(turns, question), True))
 
     def _fit(self, question: str) -> list[int]:
-        """Tokens of the conversation plus `question`, dropping the oldest turns to fit the window."""
+        """Tokens of the conversation plus `question`, dropping the oldest turns to fit the window.
+
+        Once turns must go, it drops down to 3/4 of the room rather than just under it: every drop
+        changes the start of the conversation, so the cache must be prefilled again, and some slack
+        lets the next few turns reuse it instead of paying that on every turn.
+        """
         budget = self.window - self.max_tokens
+        limit = budget
         while True:
             tokens = self.encode(self.history, question)
-            if len(tokens) <= budget:
+            if len(tokens) <= limit:
+                return tokens
+            limit = min(limit, max(budget * 3 // 4, 1))
+            if len(tokens) <= budget and not self.history:
                 return tokens
             if not self.history:
                 raise PartnerError(

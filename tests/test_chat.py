@@ -115,11 +115,16 @@ def test_reset_forgets_history_and_cache(loaded):
 
 def test_context_trimming_drops_oldest_turns_and_says_so_once(loaded):
     s = session(loaded, window=160, max_tokens=16)
-    notices = []
+    notices, full_reuse_after_trim = [], 0
     for i in range(8):
+        before = (s.trimmed_turns, s.stats.prompt_tokens)
         s.reply(f"Question number {i} about bread, streets and repair?")
         notices += s.pop_notices()
         assert s.stats.prompt_tokens + s.max_tokens <= 160
+        # Trimming leaves slack, so a following turn reuses the whole cached prompt again.
+        if before[0] and s.trimmed_turns == before[0] and s.stats.reused_tokens >= before[1]:
+            full_reuse_after_trim += 1
+    assert full_reuse_after_trim >= 2
     assert s.trimmed_turns > 0
     assert len(notices) == 1 and "context window of 160 tokens" in notices[0]
     assert s.history[-1][0] == "Question number 7 about bread, streets and repair?"
