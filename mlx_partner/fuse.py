@@ -22,6 +22,7 @@ Qwen) mlx-lm writes a tokenizer without merges, so we refuse and say what to do 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -352,7 +353,8 @@ def export_gguf_file(model_dir: Path, model: Any, config: dict[str, Any], run: s
                for k, v in tree_flatten(model.parameters())}
     cfg = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     try:
-        convert_to_gguf(model_dir, weights, cfg, str(path))
+        with contextlib.redirect_stdout(sys.stderr):  # it prints progress; our stdout is for results
+            convert_to_gguf(model_dir, weights, cfg, str(path))
     except Exception as exc:
         raise ModelError(f"--gguf: mlx-lm's exporter failed ({type(exc).__name__}: {exc}); the fused mlx model was not written either.") from None
     return path, (f"Wrote {path.name} (float16) with mlx-lm's exporter. Caveat: it carries no chat template; "

@@ -224,6 +224,44 @@ def test_cli_fuse_gguf_refuses_byte_level_bpe(ws):
     assert not (ws.models_dir / "r1").exists()
 
 
+def sentencepiece_variant(tiny_model: Path, dest: Path) -> Path:
+    """The tiny model with a Llama-2-style tokenizer (byte-fallback BPE on '▁'), which mlx-lm exports right."""
+    from tiny_model import _training_text
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    shutil.copytree(tiny_model, dest)
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(_training_text(), trainer=trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+                                                                         show_progress=False))
+    tok.save(str(dest / "tokenizer.json"))
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    config.update({"eos_token": "<|im_end|>", "pad_token": "<unk>", "bos_token": "<s>", "unk_token": "<unk>"})
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    return dest
+
+
+def test_cli_fuse_gguf_where_mlx_lm_exports_right(tmp_path, tiny_model):
+    from mlx_partner.gguf import read_header
+
+    base = sentencepiece_variant(tiny_model, tmp_path / "tiny-spm")
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_run(root, base)
+    result = CliRunner().invoke(cli, ["-w", str(root), "fuse", "--gguf"])
+    assert result.exit_code == 0, result.output
+    gguf = root / "models" / "r1" / "r1.gguf"
+    assert f"GGUF: {gguf}" in result.stdout and "Converting to GGUF" not in result.stdout
+    assert "Caveat: it carries no chat template" in result.stderr
+    header = read_header(gguf)
+    assert header.architecture == "llama" and header.metadata["tokenizer.ggml.model"] == "llama"
+    assert header.type_counts() == {"F16": 16, "F32": 5} and len(header.metadata["tokenizer.ggml.tokens"]) == 512
+    assert json.loads((root / "models" / "r1" / "mlx_partner.json").read_text())["gguf"] == "r1.gguf"
+
+
 def test_fuse_takes_the_workspace_lock(ws):
     import os
 
