@@ -67,9 +67,23 @@ def describe_documents(previous: dict[str, str], current: dict[str, str]) -> tup
     return new, changed, removed
 
 
-def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None, active_ids: set[str]) -> str:
+def extra_pair_files(ws: Workspace, built: dict[str, Any]) -> list[Path]:
+    """Pair files the last dataset read besides data/pairs/ (`dataset --pairs FILE`), if they still exist.
+
+    A rebuild reads them again, so hand-written pairs are not lost when `retrain` rebuilds.
+    """
+    pairs_dir = ws.pairs_dir.resolve()
+    out = []
+    for name in built.get("files") or []:
+        path = Path(name)
+        if path.is_file() and path.resolve().parent != pairs_dir:
+            out.append(path)
+    return out
+
+
+def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None) -> str:
     """Why the latest run's training data differs from the pairs now on disk ('' if it does not)."""
-    from .dataset import dataset_hash, load_manifest
+    from .dataset import dataset_hash, load_manifest, pair_files, read_pairs
     from .errors import DatasetError
 
     if manifest is None:
@@ -83,11 +97,14 @@ def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None, active_ids
         return f"the dataset was rebuilt after run {manifest.get('run')} was trained"
     if built.get("hash") and dataset_hash(ws) != built.get("hash"):
         return "the split files were changed after `dataset` wrote them"
+    # The pairs as `dataset` reads them (ids included: hand-written pairs get content ids there).
+    pairs = read_pairs(pair_files(ws, extra_pair_files(ws, built))).pairs
+    active_ids = {p.id for p in pairs}
     ids = {i for split in (built.get("ids") or {}).values() for i in split}
     if ids - active_ids:
         return f"{len(ids - active_ids)} pairs the dataset holds are no longer in data/pairs/"
-    if len(active_ids) > int(built.get("pairs_read") or 0):
-        return f"{len(active_ids) - int(built.get('pairs_read') or 0)} pairs in data/pairs/ are not in the dataset yet"
+    if len(pairs) > int(built.get("pairs_read") or 0):
+        return f"{len(pairs) - int(built.get('pairs_read') or 0)} pairs in data/pairs/ are not in the dataset yet"
     return ""
 
 
@@ -99,8 +116,7 @@ def pending_changes(ws: Workspace, settings: Settings) -> Changes:
     prep = prepare(ws, settings.generate, settings.sources)
     new, changed, removed = describe_documents(prep.previous_hashes, prep.hashes)
     todo = [p for p in prep.plans if p.todo]
-    active_ids = {str(p.get("id")) for pairs in prep.active.values() for p in pairs}
-    outdated = _dataset_outdated(ws, latest[1] if latest else None, active_ids)
+    outdated = _dataset_outdated(ws, latest[1] if latest else None)
     reasons = []
     if new or changed or removed:
         reasons.append(f"documents: {len(new)} new, {len(changed)} changed, {len(removed)} removed")
@@ -184,7 +200,14 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
 
         base_model = str(old_manifest.get("base_model") or settings.train.base_model) if continue_ else None
         train_settings = settings.override("train", base_model=base_model) if base_model else settings
-        report = run_dataset(ws, train_settings, keep_test=True)
+        from .dataset import load_manifest
+        from .errors import DatasetError
+
+        try:
+            extra = extra_pair_files(ws, load_manifest(ws))
+        except DatasetError:
+            extra = []
+        report = run_dataset(ws, train_settings, extra_pairs=extra, keep_test=True)
         say(f"Dataset: {report.counts['train']} train, {report.counts['valid']} valid, {report.counts['test']} test "
             f"(earlier test pairs kept in test).")
 
@@ -202,7 +225,7 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
 
         # 4. Fuse (optional: eval uses the adapters directly, which give the same greedy output).
         if fuse:
-            result.fused_path = _fuse(ws, train_settings, trained.run, progress)
+            result.fused_path = _fuse(ws, trained.run)
 
         # 5. Evaluate both runs on the same held-out pairs.
         kwargs: dict[str, Any] = {"progress": progress}
@@ -234,11 +257,11 @@ def _retire_without_requests(ws: Workspace, settings: Settings) -> None:
     atomic_write_json(ws.data_dir / "sources.json", prep.hashes)
 
 
-def _fuse(ws: Workspace, settings: Settings, run: str, progress: bool) -> Path | None:
-    from . import fuse as fuse_module
+def _fuse(ws: Workspace, run: str) -> Path:
+    from .fuse import run_fuse
 
-    out = fuse_module.run_fuse(ws, settings, run=run, progress=progress)
-    return getattr(out, "path", None) or getattr(out, "out_dir", None) or (out if isinstance(out, Path) else None)
+    fused = run_fuse(ws, run_name=run)
+    return Path(getattr(fused, "model_dir", None) or ws.models_dir / run)
 
 
 def format_comparison(result: RetrainResult) -> str:

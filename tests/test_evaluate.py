@@ -391,3 +391,25 @@ def test_eval_without_a_dataset(trained, tmp_path):
 def test_eval_compare_needs_an_evaluated_run(trained):
     result = _invoke(trained, "eval", "--compare", "run-0", *EVAL_ARGS)
     assert result.exit_code == 1 and "Run run-0 has no evaluation" in result.output
+
+
+def test_batched_loss_equals_one_by_one(tiny_model):
+    from mlx_partner.evaluate import answer_loss, answer_losses
+    from mlx_partner.models import load_model
+
+    loaded = load_model(tiny_model)
+    conversations = [
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "Why benches?"},
+         {"role": "assistant", "content": "Because a street with benches says you may stay."}],
+        [{"role": "user", "content": "Short?"}, {"role": "assistant", "content": "Yes."}],
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "What is a desire line, and why is it a draft? " * 3},
+         {"role": "assistant", "content": "The path the walkers wear is the city's honest first version. " * 4}],
+    ]
+    batched = answer_losses(loaded.model, loaded.tokenizer, conversations)
+    single = [answer_loss(loaded.model, loaded.tokenizer, c) for c in conversations]
+    for (total, count), (total1, count1) in zip(batched, single, strict=True):
+        assert count == count1 > 0
+        assert total == pytest.approx(total1, rel=1e-4)
+    # Only the answer counts: the same answer after a longer prompt has the same number of tokens.
+    longer = [{"role": "system", "content": "S " * 50}, *conversations[1][0:]]
+    assert answer_losses(loaded.model, loaded.tokenizer, [longer])[0][1] == single[1][1]

@@ -231,3 +231,18 @@ def test_describe_documents(previous, current, expected):
 def test_changes_anything():
     assert not Changes(latest_run="r").anything
     assert Changes(latest_run="r", reasons=("documents: 1 new",)).anything
+
+
+def test_extra_pair_files_keeps_hand_written_files_only(tmp_path):
+    from mlx_partner.retrain import extra_pair_files
+    from mlx_partner.workspace import Workspace
+
+    ws = Workspace.at(tmp_path)
+    ws.pairs_dir.mkdir(parents=True)
+    generated = ws.pairs_dir / "bread.jsonl"
+    mine = tmp_path / "mine.jsonl"
+    for path in (generated, mine):
+        path.write_text("{}\n")
+    built = {"files": [str(generated), str(mine), str(tmp_path / "deleted.jsonl")]}
+    assert extra_pair_files(ws, built) == [mine]
+    assert extra_pair_files(ws, {}) == []
