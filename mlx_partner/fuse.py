@@ -243,8 +243,12 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
     base_quant = base_config.get("quantization")
     if base_quant:
         notes.append(f"The base is {base_quant.get('bits')}-bit: dequantized before the merge.")
+    elif quantize:
+        notes.append("The base is not quantized, so there is nothing to re-quantize: the fused model stays in float.")
 
-    log(f"Fusing {run_dir.name} ({manifest.get('settings', {}).get('fine_tune_type', 'lora')}) into {base_path.name} -> {target} ({dtype})")
+    requant = f", re-quantized to {base_quant.get('bits')}-bit if faithful" if quantize and base_quant else ""
+    log(f"Fusing {run_dir.name} ({manifest.get('settings', {}).get('fine_tune_type', 'lora')}) into "
+        f"{base_path.name} -> {target} ({dtype}{requant})")
     float_model, tokenizer, float_config = fuse_model(base_path, run_dir, dtype)
     model, config = float_model, float_config
     if quantize and base_quant:
@@ -256,8 +260,9 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
                                        mode=base_quant.get("mode", "affine"))
         dtype = f"{base_quant.get('bits')}-bit"
 
+    for stale in target.parent.glob(f".{target.name}.fusing-*"):  # left by a killed fuse
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.fusing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         _save(tmp, model, tokenizer, config)
         log("Checking the fused model against the adapter on its base ...")

@@ -222,8 +222,9 @@ def import_gguf(gguf: Path | str, name: str | None = None, dtype: str = "auto", 
     types = ", ".join(f"{n} {t}" for t, n in header.type_counts().most_common())
     log(f"Importing {gguf.name}: {header.metadata.get('general.name', header.architecture)}, {len(header.tensors)} tensors ({types}) -> {dtype}")
 
+    for stale in models_cache().glob(f".{name}.importing-*"):  # left by a killed import
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = models_cache() / f".{name}.importing-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         converted = convert_gguf(gguf, tmp, dtype)
         log("Checking that mlx-lm loads it and runs a forward pass...")
