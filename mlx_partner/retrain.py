@@ -76,7 +76,12 @@ def extra_pair_files(ws: Workspace, built: dict[str, Any]) -> list[Path]:
     out = []
     for name in built.get("files") or []:
         path = Path(name)
-        if path.is_file() and path.resolve().parent != pairs_dir:
+        parent = path.resolve().parent
+        # Generated pairs are re-read from data/pairs/ anyway, also when the workspace was moved
+        # or copied (dataset.json then names the old folder's data/pairs/).
+        if parent == pairs_dir or (parent.name == "pairs" and parent.parent.name == "data"):
+            continue
+        if path.is_file():
             out.append(path)
     return out
 

@@ -243,6 +243,9 @@ def test_extra_pair_files_keeps_hand_written_files_only(tmp_path):
     mine = tmp_path / "mine.jsonl"
     for path in (generated, mine):
         path.write_text("{}\n")
-    built = {"files": [str(generated), str(mine), str(tmp_path / "deleted.jsonl")]}
+    elsewhere = tmp_path / "old-copy" / "data" / "pairs" / "bread.jsonl"  # a moved workspace's pairs
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_text("{}\n")
+    built = {"files": [str(generated), str(mine), str(tmp_path / "deleted.jsonl"), str(elsewhere)]}
     assert extra_pair_files(ws, built) == [mine]
     assert extra_pair_files(ws, {}) == []
