@@ -9,8 +9,10 @@ What is left to do here is what llama.cpp changed on the way in:
 - the rows of Q and K were permuted for llama.cpp's RoPE layout: undo it (rows only, so the
   weight, scales and biases of a quantized tensor alike);
 - no `output.weight` means the embeddings are tied;
-- the tokenizer lives in the metadata (`tokenizer.ggml.tokens`/`merges`): rebuild a byte-level BPE
-  `tokenizer.json` with the `tokenizers` library, with the pre-tokenizer llama.cpp names;
+- the tokenizer lives in the metadata: rebuild `tokenizer.json` with the `tokenizers` library,
+  either a byte-level BPE (`tokenizer.ggml.model` "gpt2": tokens + merges, with the pre-tokenizer
+  llama.cpp names, e.g. SmolLM's digit splitting) or a SentencePiece BPE ("llama": tokens + scores,
+  merges rebuilt from the scores, byte fallback);
 - the model shape (heads, KV heads, RoPE base, ...) lives in `llama.*` metadata: write config.json.
 
 The header is read first with a small pure-Python reader, so an unsupported architecture or tensor
@@ -32,6 +34,7 @@ from typing import Any, BinaryIO
 from .errors import ModelError
 
 SUPPORTED_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q8_0")
+TOKENIZER_MODELS = ("gpt2", "llama")  # byte-level BPE; SentencePiece BPE with byte fallback
 SUPPORTED_ARCHITECTURES = ("llama",)
 
 # ggml tensor type ids -> names (ggml.h); only the supported ones are converted.
@@ -151,11 +154,14 @@ def check_supported(header: GGUFHeader, path: Path) -> None:
             f"{', '.join(SUPPORTED_TYPES)}: get a Q4_0, Q4_1, Q8_0 or F16 build of the model."
         )
     tok_model = header.metadata.get("tokenizer.ggml.model")
-    if tok_model != "gpt2":
+    if tok_model not in TOKENIZER_MODELS:
         raise ModelError(
-            f"{path.name} has a '{tok_model}' tokenizer; only byte-level BPE ('gpt2') tokenizers can be "
-            f"converted (SmolLM, Llama 3 and similar): use an mlx-lm folder or a Hugging Face id for this model."
+            f"{path.name} has a '{tok_model}' tokenizer; only byte-level BPE ('gpt2': SmolLM, Llama 3) and "
+            f"SentencePiece BPE ('llama': Llama 2, TinyLlama, Mistral) tokenizers can be converted: use an "
+            f"mlx-lm folder or a Hugging Face id for this model."
         )
+    if tok_model == "llama" and "tokenizer.ggml.scores" not in header.metadata:
+        raise ModelError(f"{path.name} has a SentencePiece tokenizer without scores, so its merges cannot be rebuilt.")
     if any(t.name == "rope_freqs.weight" for t in header.tensors):
         raise ModelError(
             f"{path.name} uses Llama-3.1-style RoPE frequency scaling (rope_freqs), which this importer cannot "
@@ -331,34 +337,72 @@ def _pre_tokenizer(pre: str) -> Any:
     )
 
 
+def spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> list[tuple[str, str]]:
+    """BPE merges for a SentencePiece vocabulary, which stores scores instead of merges.
+
+    Every split of a normal piece into two vocabulary pieces is a merge, ranked by the score of
+    the piece it makes (higher first): how Hugging Face converts SentencePiece BPE models.
+    """
+    vocab = {t: i for i, t in enumerate(tokens)}
+    found = []
+    for piece, pid in vocab.items():
+        if types[pid] != 1:
+            continue
+        for i in range(1, len(piece)):
+            left, right = piece[:i], piece[i:]
+            if left in vocab and right in vocab:
+                found.append((-scores[pid], vocab[left], vocab[right], left, right))
+    found.sort()
+    return [(left, right) for *_, left, right in found]
+
+
 def build_tokenizer(meta: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """A `tokenizers.Tokenizer` and the tokenizer_config.json entries, from GGUF metadata."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
     tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
-    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     types = meta.get("tokenizer.ggml.token_type")
     types = [int(t) for t in (types.tolist() if hasattr(types, "tolist") else types or [1] * len(tokens))]
-    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
-    tokenizer.pre_tokenizer = _pre_tokenizer(str(meta.get("tokenizer.ggml.pre", "default")))
-    tokenizer.decoder = decoders.ByteLevel()
+    vocab = {t: i for i, t in enumerate(tokens)}
+    spm = meta.get("tokenizer.ggml.model") == "llama"
+    if spm:
+        # SentencePiece BPE (Llama 2 family): spaces are '▁', unknown bytes fall back to <0xXX>.
+        scores = meta["tokenizer.ggml.scores"]
+        scores = [float(x) for x in (scores.tolist() if hasattr(scores, "tolist") else scores)]
+        unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+        unk = tokens[int(unk_id)] if unk_id is not None else None
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=spm_merges(tokens, scores, types), unk_token=unk,
+                                         fuse_unk=True, byte_fallback=True))
+        prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        tokenizer.normalizer = normalizers.Sequence(
+            ([normalizers.Prepend("▁")] if prefix else []) + [normalizers.Replace(" ", "▁")])
+        tokenizer.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+            + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    else:
+        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        tokenizer.pre_tokenizer = _pre_tokenizer(str(meta.get("tokenizer.ggml.pre", "default")))
+        tokenizer.decoder = decoders.ByteLevel()
     # Control (3) and user-defined (4) tokens are matched whole, before BPE.
     kinds = dict(zip(tokens, types, strict=False))
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, k in kinds.items() if k == 3])
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in kinds.items() if k == 4])
+
+    from tokenizers import processors
 
     def token(key: str) -> str | None:
         idx = meta.get(key)
         return None if idx is None else tokens[int(idx.item() if hasattr(idx, "item") else idx)]
 
     bos, eos, pad, unk = (token(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "padding", "unknown"))
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", False))
+    # SentencePiece models add BOS unless told otherwise; byte-level BPE ones do not.
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", spm))
     if add_bos and bos is not None:
-        bos_id = tokens.index(bos)
         tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokens.index(bos))]
         )
-    else:
+    elif not spm:
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -371,6 +415,8 @@ def build_tokenizer(meta: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(meta.get("llama.context_length", 2048)),
     }
+    if spm:
+        del tokenizer_config["add_prefix_space"]  # a byte-level option; the normalizer adds the '▁'
     if "tokenizer.chat_template" in meta:
         tokenizer_config["chat_template"] = str(meta["tokenizer.chat_template"])
     return tokenizer, tokenizer_config

@@ -94,6 +94,8 @@ def _value(v) -> tuple[int, bytes]:
     if isinstance(v, list):
         if all(isinstance(x, str) for x in v):
             return 9, struct.pack("<IQ", 8, len(v)) + b"".join(_str(x) for x in v)
+        if any(isinstance(x, float) for x in v):
+            return 9, struct.pack("<IQ", 6, len(v)) + struct.pack(f"<{len(v)}f", *v)
         return 9, struct.pack("<IQ", 5, len(v)) + struct.pack(f"<{len(v)}i", *v)
     raise TypeError(type(v))
 
@@ -146,8 +148,27 @@ def tiny_metadata(model_dir: Path, arch: str = "llama", tokenizer_model: str = "
     }
 
 
+def spm_metadata(model_dir: Path) -> dict:
+    """A SentencePiece-style GGUF vocabulary (scores, no merges) for a byte-fallback BPE tokenizer."""
+    meta = tiny_metadata(model_dir, tokenizer_model="llama")
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    made_by = {}  # piece -> rank of the first merge that makes it
+    for rank, m in enumerate(tok["model"]["merges"]):
+        made_by.setdefault("".join(m.split(" ") if isinstance(m, str) else m), rank)
+    tokens = meta["tokenizer.ggml.tokens"]
+    kind = {"<unk>": 2, "<s>": 3, "</s>": 3, "<|im_start|>": 3, "<|im_end|>": 3}
+    del meta["tokenizer.ggml.merges"], meta["tokenizer.ggml.pre"]
+    meta.update({
+        "tokenizer.ggml.scores": [-float(made_by.get(t, len(made_by))) for t in tokens],
+        "tokenizer.ggml.token_type": [6 if t.startswith("<0x") else kind.get(t, 1) for t in tokens],
+        "tokenizer.ggml.unknown_token_id": tokens.index("<unk>"), "tokenizer.ggml.bos_token_id": tokens.index("<s>"),
+        "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_space_prefix": True,
+    })
+    return meta
+
+
 def write_tiny_gguf(model_dir: Path, path: Path, qtype: str = "F32", embed_type: str | None = None,
-                    tie: bool = False, **meta_kw) -> dict:
+                    tie: bool = False, metadata: dict | None = None, **meta_kw) -> dict:
     """The tiny model as llama.cpp would convert it; returns the weights an exact import must give."""
     import mlx.core as mx
 
@@ -156,7 +177,7 @@ def write_tiny_gguf(model_dir: Path, path: Path, qtype: str = "F32", embed_type:
     if tie:
         weights.pop("lm_head.weight")
     n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
-    metadata = tiny_metadata(model_dir, **meta_kw)
+    metadata = metadata or tiny_metadata(model_dir, **meta_kw)
     expected, tensors = {}, []
     for name, w in sorted(weights.items()):
         if ".q_proj." in name:
@@ -342,12 +363,33 @@ def test_unsupported_tensor_type_is_refused(tiny_model, tmp_path):
     assert "type Q6_K (e.g. token_embd.weight)" in result.output and "MLX reads only F32, F16, Q4_0, Q4_1, Q8_0" in result.output
 
 
-def test_sentencepiece_tokenizer_is_refused(tiny_model, tmp_path):
+def test_sentencepiece_tokenizer_is_rebuilt_from_scores(tiny_model, tmp_path):
+    """Llama-2-family GGUFs store a SentencePiece vocabulary: tokens + scores, byte fallback."""
+    import mlx.core as mx
+    from mlx_lm.utils import load
+    from test_fuse import sentencepiece_variant
+
     from mlx_partner.models import import_gguf
 
-    gguf = tmp_path / "spm.gguf"
-    write_tiny_gguf(tiny_model, gguf, "Q8_0", tokenizer_model="llama")
-    with pytest.raises(ModelError, match="'llama' tokenizer; only byte-level BPE"):
+    spm_model = sentencepiece_variant(tiny_model, tmp_path / "tiny-spm")
+    gguf = tmp_path / "spm.Q8_0.gguf"
+    expected = write_tiny_gguf(spm_model, gguf, "Q8_0", metadata=spm_metadata(spm_model))
+    path = import_gguf(gguf, name="spm", log=lambda s: None).path
+    _, original = load(str(spm_model))
+    _, imported = load(str(path))
+    for text in ["Slow work is honest work.", "  two  spaces, tabs\tand ünïcode ✓", "<|im_start|>user\nHi<|im_end|>"]:
+        assert imported.encode(text) == original.encode(text), text
+        assert imported.decode(imported.encode(text)) == original.decode(original.encode(text))
+    got, _, _ = imported_logits(path)
+    assert mx.max(mx.abs(got - reference_logits(spm_model, expected, IDS))).item() < 1e-3
+
+
+def test_other_tokenizer_models_are_refused(tiny_model, tmp_path):
+    from mlx_partner.models import import_gguf
+
+    gguf = tmp_path / "t5.gguf"
+    write_tiny_gguf(tiny_model, gguf, "Q8_0", tokenizer_model="t5")
+    with pytest.raises(ModelError, match="'t5' tokenizer; only byte-level BPE"):
         import_gguf(gguf, log=lambda s: None)
 
 
