@@ -230,7 +230,7 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
 
         # 4. Fuse (optional: eval uses the adapters directly, which give the same greedy output).
         if fuse:
-            result.fused_path = _fuse(ws, trained.run)
+            result.fused_path = _fuse(ws, trained.run, say)
 
         # 5. Evaluate both runs on the same held-out pairs.
         kwargs: dict[str, Any] = {"progress": progress}
@@ -262,11 +262,13 @@ def _retire_without_requests(ws: Workspace, settings: Settings) -> None:
     atomic_write_json(ws.data_dir / "sources.json", prep.hashes)
 
 
-def _fuse(ws: Workspace, run: str) -> Path:
+def _fuse(ws: Workspace, run: str, say: Echo) -> Path:
     from .fuse import run_fuse
 
-    fused = run_fuse(ws, run_name=run)
-    return Path(getattr(fused, "model_dir", None) or ws.models_dir / run)
+    fused = run_fuse(ws, run_name=run, log=say)
+    for note in fused.notes:
+        say(f"Note: {note}")
+    return fused.model_dir
 
 
 def format_comparison(result: RetrainResult) -> str:

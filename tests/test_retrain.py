@@ -118,7 +118,7 @@ def test_retrain_after_a_new_theme(workspace, fake_anthropic, monkeypatch):
     assert dry.exit_code == 0 and "2 new" in dry.output and "gardens" in dry.output
     assert fake_anthropic.requests == []  # a dry run sends nothing
 
-    result = invoke(workspace, "retrain", "--no-fuse", "--limit", "3", "--max-tokens", "6", "--quiet")
+    result = invoke(workspace, "retrain", "--limit", "3", "--max-tokens", "6", "--quiet")
     assert result.exit_code == 0, result.output
 
     # Requests went out only for the new theme's batch: by the server's log and by the ledger.
@@ -132,6 +132,7 @@ def test_retrain_after_a_new_theme(workspace, fake_anthropic, monkeypatch):
     assert len(runs) == 2 and old_run in runs
     (new_run,) = set(runs) - {old_run}
     assert f"New run: {new_run}" in result.output
+    assert (workspace / "models" / new_run / "config.json").exists()  # fused
 
     # The test split kept every earlier test pair.
     new_test = (workspace / "data" / "test.jsonl").read_text().splitlines()
