@@ -886,6 +886,8 @@ def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str
 
 
 def _numeric(cell: str) -> bool:
+    if re.fullmatch(r"\d+/\d+", cell):  # a count such as 3/6
+        return True
     try:
         float(cell.rstrip("%"))
     except ValueError:

@@ -118,7 +118,8 @@ def test_system_prompt_asks_for_what_the_probe_detects():
     from mlx_partner.dataset import system_prompt_from_profile
 
     prompt = system_prompt_from_profile("I am Ada Lovelace. I write about engines and poetry.")
-    assert "has not written about" in prompt or "haven't written about" in prompt
+    assert ABSTAIN_PHRASE in prompt
+    assert is_abstention(ABSTAIN_PHRASE)
 
 
 def test_probe_questions_skip_topics_in_the_sources():
