@@ -399,7 +399,7 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
 
 @cli.command()
 @click.option("--quick", is_flag=True, help="A few iterations and short answers: the whole path in seconds (CI).")
-@click.option("--iters", type=click.IntRange(min=1), help="Training iterations.  [default: 60; 2 with --quick]")
+@click.option("--iters", type=click.IntRange(min=1), help="Training iterations.  [default: 36; 2 with --quick]")
 @click.option("--base-model", metavar="REF", help="Another base model (folder or `models list` name) instead of SmolLM2-135M-Instruct.")
 @pass_app
 def demo(app: App, quick: bool, iters: int | None, base_model: str | None) -> None:
