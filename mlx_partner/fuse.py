@@ -134,25 +134,40 @@ def _template_text(tokenizer: Any, messages: list[dict[str, str]]) -> str | None
         return None
 
 
-def compare_logits(reference: Any, candidate: Any, base: Any | None, batches: list[list[int]]) -> dict[str, float]:
-    """Max abs logit difference and argmax agreement of `candidate` against `reference`.
-
-    `base` (optional) gives the adapter's own effect, max |reference - base|, measured on the
-    first batch only (a scale for the tolerance, not a test: one forward pass is enough).
-    """
+def compare_logits(reference: list[Any], candidate: list[Any], base: list[Any]) -> dict[str, float]:
+    """Max abs logit difference and argmax agreement of `candidate` against `reference` (lists of
+    [1, tokens, vocab] arrays, one per conversation); `base` (logits of the base model on the
+    first conversations) gives the adapter's own effect, max |reference - base|."""
     import mlx.core as mx
 
-    diff, agree, total, effect = 0.0, 0, 0, 0.0
-    for i, ids in enumerate(batches):
-        x = mx.array([ids])
-        ref = reference(x).astype(mx.float32)
-        cand = candidate(x).astype(mx.float32)
+    diff, agree, total = 0.0, 0, 0
+    for ref, cand in zip(reference, candidate, strict=True):
         diff = max(diff, mx.max(mx.abs(ref - cand)).item())
         agree += int(mx.sum(mx.argmax(ref, -1) == mx.argmax(cand, -1)).item())
-        total += len(ids)
-        if base is not None and i == 0:
-            effect = mx.max(mx.abs(ref - base(x).astype(mx.float32))).item()
+        total += ref.shape[1]
+    effect = max((mx.max(mx.abs(r - b)).item() for r, b in zip(reference, base, strict=False)), default=0.0)
     return {"max_abs_diff": diff, "argmax_agreement": agree / max(total, 1), "positions": total, "effect": effect}
+
+
+def _logits(model: Any, batches: list[list[int]]) -> list[Any]:
+    import mlx.core as mx
+
+    out = []
+    for ids in batches:
+        y = model(mx.array([ids])).astype(mx.float32)
+        mx.eval(y)
+        out.append(y)
+    return out
+
+
+def _release() -> None:
+    """Give a dropped model's memory back before the next one loads (one model at a time)."""
+    import gc
+
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()
 
 
 # --- the merge -----------------------------------------------------------------------------------
@@ -251,7 +266,8 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
         f"{base_path.name} -> {target} ({dtype}{requant})")
     float_model, tokenizer, float_config = fuse_model(base_path, run_dir, dtype)
     model, config = float_model, float_config
-    if quantize and base_quant:
+    requantizing = bool(quantize and base_quant)
+    if requantizing:
         from mlx_lm.utils import quantize_model
 
         # nn.quantize works in place: quantize a second copy, keeping the float one to fall back on.
@@ -265,10 +281,13 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
     tmp = target.with_name(f".{target.name}.fusing-{os.getpid()}")
     try:
         _save(tmp, model, tokenizer, config)
+        if not requantizing:  # on disk now: free it before the check loads models one by one
+            del model, float_model
+            _release()
         log("Checking the fused model against the adapter on its base ...")
         check = verify(ws, tmp, base_path, run_dir, system_prompt, dtype, tolerance, load_model)
         log(f"  {check.line()}")
-        if not check.passed and quantize and base_quant:
+        if not check.passed and requantizing:
             notes.append(f"Re-quantizing to {dtype} lost the adapter ({check.max_abs_diff:.2f} > {check.tolerance:.2f}); kept it in float.")
             log(f"  {notes[-1]}")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -284,7 +303,7 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
                              f"written to {target} (chat with the adapter instead: `mlx-partner chat --run {run_dir.name}`).")
         gguf_path = None
         if export_gguf:
-            gguf_path, note = export_gguf_file(tmp, float_model, float_config, run_dir.name)
+            gguf_path, note = export_gguf_file(tmp, float_model if requantizing else None, float_config, run_dir.name)
             notes.append(note)
             log(f"  {note}")
         if system_prompt:
@@ -309,21 +328,33 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
 
 def verify(ws: Workspace, fused_dir: Path, base_path: Path, run_dir: Path, system_prompt: str, dtype: str,
            tolerance: float | None, load_model: Callable[..., Any]) -> FuseCheck:
-    """Load the fused folder as chat would and compare it with adapter-on-base (as training saw it)."""
-    reference = load_model(str(base_path), adapter_path=run_dir)
-    fused = load_model(str(fused_dir))
-    base = load_model(str(base_path))
+    """Load the fused folder as chat would and compare it with adapter-on-base (as training saw it).
+
+    One model in memory at a time: the adapter on its base, then the fused model, then the base
+    (on the first conversation only, to measure what the adapter changed).
+    """
     source, convs = check_conversations(ws, system_prompt)
-    batches = [ids for ids in (encode(reference.tokenizer, c) for c in convs) if ids]
-    stats = compare_logits(reference.model, fused.model, base.model, batches)
     probe = convs[0] if convs[0][-1]["role"] != "assistant" else convs[0][:-1]
-    template_ok = _template_text(reference.tokenizer, probe) == _template_text(fused.tokenizer, probe)
+    loaded = load_model(str(base_path), adapter_path=run_dir)
+    batches = [ids for ids in (encode(loaded.tokenizer, c) for c in convs) if ids]
+    reference, ref_template = _logits(loaded.model, batches), _template_text(loaded.tokenizer, probe)
+    del loaded
+    _release()
+    loaded = load_model(str(fused_dir))
+    fused, fused_template = _logits(loaded.model, batches), _template_text(loaded.tokenizer, probe)
+    del loaded
+    _release()
+    loaded = load_model(str(base_path))
+    base = _logits(loaded.model, batches[:1])
+    del loaded
+    _release()
+    stats = compare_logits(reference, fused, base)
     if tolerance is None:
         tolerance = TOLERANCE_FLOAT32
         if dtype != "float32":
             tolerance = max(tolerance, TOLERANCE_SHARE_OF_EFFECT * stats["effect"])
     return FuseCheck(source, len(batches), int(stats["positions"]), stats["max_abs_diff"],
-                     stats["argmax_agreement"], stats["effect"], tolerance, template_ok)
+                     stats["argmax_agreement"], stats["effect"], tolerance, ref_template == fused_template)
 
 
 # --- GGUF export ---------------------------------------------------------------------------------
@@ -338,8 +369,11 @@ def _byte_level(model_dir: Path) -> bool:
     return "ByteLevel" in json.dumps([data.get("pre_tokenizer"), data.get("decoder")])
 
 
-def export_gguf_file(model_dir: Path, model: Any, config: dict[str, Any], run: str) -> tuple[Path, str]:
-    """Write <run>.gguf (float16) beside the fused model with mlx-lm's exporter, where it is right."""
+def export_gguf_file(model_dir: Path, model: Any | None, config: dict[str, Any], run: str) -> tuple[Path, str]:
+    """Write <run>.gguf (float16) beside the fused model with mlx-lm's exporter, where it is right.
+
+    The float weights come from `model`, or, when None, from the (float) safetensors in model_dir.
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
@@ -354,8 +388,13 @@ def export_gguf_file(model_dir: Path, model: Any, config: dict[str, Any], run: s
     from mlx_lm.gguf import convert_to_gguf
 
     path = model_dir / f"{run}.gguf"
-    weights = {k: v.astype(mx.float16) if v.ndim > 1 else v
-               for k, v in tree_flatten(model.parameters())}
+    if model is not None:
+        params = dict(tree_flatten(model.parameters()))
+    else:
+        params = {}
+        for shard in sorted(model_dir.glob("model*.safetensors")):
+            params.update(mx.load(str(shard)))
+    weights = {k: v.astype(mx.float16) if v.ndim > 1 else v for k, v in params.items()}
     cfg = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     try:
         with contextlib.redirect_stdout(sys.stderr):  # it prints progress; our stdout is for results
