@@ -339,6 +339,10 @@ def test_smollm_pre_tokenizer_splits_digits():
     pieces = [p for p, _ in _pre_tokenizer("smollm").pre_tokenize_str("in 2024 we")]
     assert pieces == ["in", "Ġ", "2", "0", "2", "4", "Ġwe"]
     assert [p for p, _ in _pre_tokenizer("gpt2").pre_tokenize_str("in 2024")] == ["in", "Ġ2024"]
+    llama3 = [p for p, _ in _pre_tokenizer("llama-bpe").pre_tokenize_str("Hi 12345 don't")]
+    assert llama3 == ["Hi", "Ġ", "123", "45", "Ġdon", "'t"]  # digits in threes, as Llama 3 splits them
+    with pytest.raises(ModelError, match="'qwen2' pre-tokenizer"):
+        _pre_tokenizer("qwen2")
 
 
 # --- refusals ------------------------------------------------------------------------------------
