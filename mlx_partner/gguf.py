@@ -160,6 +160,9 @@ def check_supported(header: GGUFHeader, path: Path) -> None:
             f"SentencePiece BPE ('llama': Llama 2, TinyLlama, Mistral) tokenizers can be converted: use an "
             f"mlx-lm folder or a Hugging Face id for this model."
         )
+    pre = header.metadata.get("tokenizer.ggml.pre", "default")
+    if tok_model == "gpt2" and pre not in PRE_TOKENIZERS:
+        _pre_tokenizer(str(pre))  # raises, naming the ones it knows
     if tok_model == "llama" and "tokenizer.ggml.scores" not in header.metadata:
         raise ModelError(f"{path.name} has a SentencePiece tokenizer without scores, so its merges cannot be rebuilt.")
     if any(t.name == "rope_freqs.weight" for t in header.tensors):
