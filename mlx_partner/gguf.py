@@ -255,9 +255,9 @@ def llama_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int) 
         "attention_bias": any(n.endswith(".attn_q.bias") for n in tensor_names),
         "mlp_bias": any(n.endswith(".ffn_up.bias") for n in tensor_names),
     }
-    head_dim = meta.get("llama.attention.key_length")
-    if head_dim is not None and int(head_dim) != hidden // n_head:
-        config["head_dim"] = int(head_dim)
+    head_dim = _int(meta, "llama.attention.key_length", hidden // n_head)
+    if head_dim != hidden // n_head:
+        config["head_dim"] = head_dim
     if meta.get("llama.rope.scaling.type") == "linear":
         config["rope_scaling"] = {"type": "linear", "factor": _float(meta, "llama.rope.scaling.factor", 1.0)}
     return config

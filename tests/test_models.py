@@ -526,3 +526,19 @@ def test_real_smollm2_answers_paris(isolated_home):
     answer = generate(loaded.model, loaded.tokenizer, prompt, max_tokens=24)
     print(f"answer: {answer!r}")
     assert "Paris" in answer
+
+
+def test_llama_config_from_metadata():
+    from mlx_partner.gguf import llama_config
+
+    meta = {"llama.attention.head_count": 4, "llama.embedding_length": 64, "llama.block_count": 2,
+            "llama.feed_forward_length": 128, "llama.attention.key_length": 32,
+            "llama.attention.layer_norm_rms_epsilon": 9.999999747378752e-06,
+            "llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 2.0}
+    config = llama_config(meta, {"output.weight", "blk.0.attn_q.bias"}, 512)
+    assert config["num_key_value_heads"] == 4  # no head_count_kv: plain multi-head attention
+    assert config["head_dim"] == 32 and config["rms_norm_eps"] == 1e-05 and config["rope_theta"] == 10000.0
+    assert config["rope_scaling"] == {"type": "linear", "factor": 2.0}
+    assert config["tie_word_embeddings"] is False and config["attention_bias"] is True
+    with pytest.raises(ModelError, match="no 'llama.block_count'"):
+        llama_config({k: v for k, v in meta.items() if k != "llama.block_count"}, set(), 512)
