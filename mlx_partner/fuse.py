@@ -15,9 +15,10 @@ largest difference must stay within a tolerance, or the fuse fails with the numb
 model that lost its adapter differs from the adapter by as much as the adapter changed the base,
 so it cannot pass.
 
-`--gguf` exports for llama.cpp/Ollama/LM Studio through mlx-lm's exporter where it is right:
-llama/mistral/mixtral with a SentencePiece tokenizer. For byte-level BPE models (SmolLM2, Llama 3,
-Qwen) mlx-lm writes a tokenizer without merges, so we refuse and say what to do instead.
+`--gguf` exports a float16 GGUF for llama.cpp/Ollama/LM Studio. mlx-lm's exporter handles
+llama/mistral/mixtral with a SentencePiece tokenizer, but writes a vocabulary without merges for
+byte-level BPE models (SmolLM2, Llama 3), so those go through our own exporter in gguf.py (the
+inverse of `models import`); anything else is refused with what to do instead.
 """
 
 from __future__ import annotations
@@ -370,32 +371,44 @@ def _byte_level(model_dir: Path) -> bool:
 
 
 def export_gguf_file(model_dir: Path, model: Any | None, config: dict[str, Any], run: str) -> tuple[Path, str]:
-    """Write <run>.gguf (float16) beside the fused model with mlx-lm's exporter, where it is right.
+    """Write <run>.gguf (float16) beside the fused model, for llama.cpp, Ollama and LM Studio.
 
-    The float weights come from `model`, or, when None, from the (float) safetensors in model_dir.
+    Byte-level BPE llama models (SmolLM2, Llama 3) go through our own exporter, the inverse of
+    `models import` (on SmolLM2 it reproduces llama.cpp's tokenizer metadata and tensor layout
+    exactly); SentencePiece llama/mistral/mixtral models through mlx-lm's. The float weights come
+    from `model`, or, when None, from the (float) safetensors in model_dir.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    model_type = config.get("model_type")
-    if model_type not in ("llama", "mistral", "mixtral"):
-        raise ModelError(f"--gguf: mlx-lm exports only llama, mistral and mixtral models, and this one is '{model_type}'; "
-                         f"fuse without --gguf and convert models/{run}/ with llama.cpp's convert_hf_to_gguf.py.")
-    if _byte_level(model_dir):
-        raise ModelError(f"--gguf: mlx-lm's exporter writes a SentencePiece vocabulary with no merges, which is wrong for "
-                         f"this model's byte-level BPE tokenizer (the file would load in Ollama but produce garbage); "
-                         f"fuse without --gguf and convert models/{run}/ with llama.cpp's convert_hf_to_gguf.py.")
-    from mlx_lm.gguf import convert_to_gguf
+    from .gguf import export_gguf
 
     path = model_dir / f"{run}.gguf"
-    if model is not None:
-        params = dict(tree_flatten(model.parameters()))
-    else:
+    instead = f"fuse without --gguf and convert models/{run}/ with llama.cpp's convert_hf_to_gguf.py"
+    model_type = config.get("model_type")
+    if model_type not in ("llama", "mistral", "mixtral"):
+        raise ModelError(f"--gguf: only llama, mistral and mixtral models can be exported here, and this one is "
+                         f"'{model_type}'; {instead}.")
+    params = dict(tree_flatten(model.parameters())) if model is not None else None
+    cfg = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
+    if _byte_level(model_dir):
+        if model_type != "llama":
+            raise ModelError(f"--gguf: a byte-level BPE '{model_type}' model cannot be exported here; {instead}.")
+        try:
+            meta = export_gguf(model_dir, path, weights=params, config=cfg)
+        except ModelError as exc:
+            raise ModelError(f"--gguf: {exc} {instead[0].upper()}{instead[1:]}.") from None
+        template = "with its chat template" if "tokenizer.chat_template" in meta else "without a chat template (the model has none)"
+        return path, f"Wrote {path.name} (float16, byte-level BPE '{meta['tokenizer.ggml.pre']}' tokenizer, {template})."
+
+    # SentencePiece: mlx-lm's exporter writes this vocabulary right.
+    from mlx_lm.gguf import convert_to_gguf
+
+    if params is None:
         params = {}
         for shard in sorted(model_dir.glob("model*.safetensors")):
             params.update(mx.load(str(shard)))
     weights = {k: v.astype(mx.float16) if v.ndim > 1 else v for k, v in params.items()}
-    cfg = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
     try:
         with contextlib.redirect_stdout(sys.stderr):  # it prints progress; our stdout is for results
             convert_to_gguf(model_dir, weights, cfg, str(path))

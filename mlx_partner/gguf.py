@@ -487,3 +487,137 @@ if __name__ == "__main__":  # pragma: no cover - a developer convenience
     import sys
 
     print(convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]), *(sys.argv[3:4] or ["float32"])))
+
+
+# --- export: an mlx-lm llama folder -> GGUF (F16), for llama.cpp / Ollama / LM Studio --------------
+#
+# mlx-lm's own exporter writes a SentencePiece vocabulary with no merges, which is wrong for
+# byte-level BPE models (SmolLM2, Llama 3): this is the inverse of the import above, for those.
+
+_HF_TO_GGUF = {v: k for k, v in _LAYER_NAMES.items()}
+_HF_TOP = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+
+
+def gguf_tensor_name(hf: str) -> str:
+    """`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight` (the inverse of `hf_name`)."""
+    module, leaf = hf.rsplit(".", 1)
+    if module in _HF_TOP:
+        return f"{_HF_TOP[module]}.{leaf}"
+    m = re.match(r"^model\.layers\.(\d+)\.(.+)$", module)
+    if m and m.group(2) in _HF_TO_GGUF:
+        return f"blk.{m.group(1)}.{_HF_TO_GGUF[m.group(2)]}.{leaf}"
+    raise ModelError(f"The weight '{hf}' has no GGUF name; only plain llama models can be exported.")
+
+
+def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
+    """llama.cpp's name for a Hugging Face byte-level pre-tokenizer, or None if it has none."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in parts]
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return "gpt2"
+    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"] and (parts[0].get("pattern") or {}).get("Regex") == _LLAMA3_SPLIT:
+        return "llama-bpe"
+    return None
+
+
+def export_gguf(model_dir: Path, out_path: Path, weights: dict[str, Any] | None = None,
+                config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a float16 GGUF for a byte-level BPE llama model folder; returns its metadata.
+
+    `weights` (HF names, float) and `config` default to the folder's own. Raises ModelError for
+    what this cannot write faithfully (another architecture, a quantized model, an unknown tokenizer).
+    """
+    import json
+
+    import mlx.core as mx
+
+    config = config or json.loads((model_dir / "config.json").read_text())
+    if config.get("model_type") != "llama":
+        raise ModelError(f"Only llama models can be exported to GGUF here, and this one is '{config.get('model_type')}'.")
+    if config.get("quantization"):
+        raise ModelError("A quantized model cannot be exported to GGUF here; fuse without --quantize.")
+    tok = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tok_config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    pre = pre_tokenizer_name(tok)
+    if (tok.get("model") or {}).get("type") != "BPE" or pre is None:
+        raise ModelError("This model's tokenizer is not a byte-level BPE that llama.cpp knows (gpt2, smollm, llama-bpe).")
+
+    vocab = dict(tok["model"]["vocab"])
+    added = {a["content"]: a for a in tok.get("added_tokens", [])}
+    vocab.update({content: a["id"] for content, a in added.items()})
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    if [vocab[t] for t in tokens] != list(range(len(tokens))):
+        raise ModelError("The tokenizer's ids have gaps, which GGUF cannot store.")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"].get("merges", [])]
+    token_type = [(3 if added[t].get("special") else 4) if t in added else 1 for t in tokens]
+    template = tok_config.get("chat_template")
+    if template is None and (model_dir / "chat_template.jinja").exists():
+        template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+
+    def u32(x: int) -> Any:
+        return mx.array(int(x), dtype=mx.uint32)
+
+    def f32(x: float) -> Any:
+        return mx.array(float(x), dtype=mx.float32)
+
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads") or n_head
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    meta: dict[str, Any] = {
+        "general.architecture": "llama",
+        "general.name": model_dir.name,
+        "general.file_type": u32(1),  # mostly F16
+        "general.quantization_version": u32(2),
+        "llama.vocab_size": u32(len(tokens)),
+        "llama.context_length": u32(config.get("max_position_embeddings", 2048)),
+        "llama.embedding_length": u32(config["hidden_size"]),
+        "llama.block_count": u32(config["num_hidden_layers"]),
+        "llama.feed_forward_length": u32(config["intermediate_size"]),
+        "llama.attention.head_count": u32(n_head),
+        "llama.attention.head_count_kv": u32(n_kv),
+        "llama.attention.key_length": u32(head_dim),
+        "llama.attention.value_length": u32(head_dim),
+        "llama.rope.dimension_count": u32(head_dim),
+        "llama.rope.freq_base": f32(config.get("rope_theta", 10000.0)),
+        "llama.attention.layer_norm_rms_epsilon": f32(config.get("rms_norm_eps", 1e-5)),
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.token_type": mx.array(token_type, dtype=mx.int32),
+        "tokenizer.ggml.add_bos_token": mx.array(bool(tok_config.get("add_bos_token", False))),
+        "tokenizer.ggml.add_space_prefix": mx.array(False),
+    }
+    scaling = config.get("rope_scaling") or {}
+    if scaling:
+        if scaling.get("type", scaling.get("rope_type")) != "linear":
+            raise ModelError(f"RoPE scaling '{scaling}' cannot be written to GGUF here.")
+        meta["llama.rope.scaling.type"] = "linear"
+        meta["llama.rope.scaling.factor"] = f32(scaling["factor"])
+    for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("padding", "pad_token"), ("unknown", "unk_token")):
+        value = tok_config.get(name)
+        value = value.get("content") if isinstance(value, dict) else value
+        if value in vocab:
+            meta[f"tokenizer.ggml.{key}_token_id"] = u32(vocab[value])
+    if template:
+        meta["tokenizer.chat_template"] = template
+
+    if weights is None:
+        weights = {}
+        for shard in sorted(model_dir.glob("model*.safetensors")):
+            weights.update(mx.load(str(shard)))
+    tensors = {}
+    for name, value in weights.items():
+        if name.endswith(("rotary_emb.inv_freq",)):
+            continue
+        if ".q_proj." in name:
+            value = permute_rows(value, n_head)
+        elif ".k_proj." in name:
+            value = permute_rows(value, n_kv)
+        tensors[gguf_tensor_name(name)] = value.astype(mx.float16 if value.ndim > 1 else mx.float32)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    mx.save_gguf(str(out_path), tensors, meta)
+    return meta

@@ -223,12 +223,48 @@ def test_cli_fuse_errors(tmp_path, ws):
     assert result.exit_code == 1 and "not finished" in result.output
 
 
-def test_cli_fuse_gguf_refuses_byte_level_bpe(ws):
-    """The tiny model has a byte-level BPE tokenizer, which mlx-lm's GGUF exporter gets wrong."""
+def test_cli_fuse_gguf_byte_level_round_trips_through_import(ws):
+    """The tiny model's byte-level BPE goes through our exporter; importing the file back gives the
+    fused model again (float16 weights) with the same tokenizer and chat template."""
+    import mlx.core as mx
+    from mlx_lm.utils import load
+
+    from mlx_partner.gguf import read_header
+    from mlx_partner.models import import_gguf
+
     result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse", "--gguf"])
-    assert result.exit_code == 1
-    assert "byte-level BPE" in result.output and "convert_hf_to_gguf.py" in result.output
-    assert not (ws.models_dir / "r1").exists()
+    assert result.exit_code == 0, result.output
+    fused = ws.models_dir / "r1"
+    gguf = fused / "r1.gguf"
+    assert f"GGUF: {gguf}" in result.stdout and "byte-level BPE 'gpt2' tokenizer, with its chat template" in result.stderr
+    header = read_header(gguf)
+    assert header.metadata["tokenizer.ggml.model"] == "gpt2" and header.type_counts() == {"F16": 16, "F32": 5}
+    back = import_gguf(gguf, name="r1-back", log=lambda s: None).path
+    model_a, tok_a = load(str(fused))
+    model_b, tok_b = load(str(back))
+    ids = list(range(3, 60))
+    diff = mx.max(mx.abs(model_a(mx.array([ids])) - model_b(mx.array([ids])))).item()
+    assert diff < 0.02  # float16 rounding only
+    text = "Slow work, 1987: honest. <|im_end|>"
+    assert tok_a.encode(text) == tok_b.encode(text)
+    msgs = [{"role": "user", "content": "Why bread?"}]
+    assert tok_a.apply_chat_template(msgs, add_generation_prompt=True) == tok_b.apply_chat_template(msgs, add_generation_prompt=True)
+
+
+def test_cli_fuse_gguf_refuses_what_it_cannot_write(tmp_path, tiny_model):
+    """A byte-level tokenizer whose pre-tokenizer llama.cpp has no name for: refused, nothing written."""
+    base = tmp_path / "odd-tokenizer"
+    shutil.copytree(tiny_model, base)
+    tok = json.loads((base / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Whitespace"}, tok["pre_tokenizer"]]}
+    (base / "tokenizer.json").write_text(json.dumps(tok))
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_run(root, base)
+    result = CliRunner().invoke(cli, ["-w", str(root), "fuse", "--gguf"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "not a byte-level BPE that llama.cpp knows" in result.output and "convert_hf_to_gguf.py" in result.output
+    assert not (root / "models" / "r1").exists()
 
 
 def sentencepiece_variant(tiny_model: Path, dest: Path) -> Path:

