@@ -86,19 +86,23 @@ def example_workspace(ws: Workspace) -> ExampleWorkspace:
 
 
 def demo_settings(settings: Settings, base_model: Path | str, iters: int, quick: bool) -> Settings:
-    """The workspace's settings with the demo's model and a short fixed schedule."""
-    settings = settings.override(
+    """The workspace's settings with the demo's model and a short fixed schedule.
+
+    No early stopping: the run is short and fixed, so the demo takes a predictable time. The
+    best-validation checkpoint is still what gets fused.
+    """
+    return settings.override(
         "train", base_model=str(base_model), iters=iters, batch_size=4, grad_accumulation=1,
-        steps_per_eval=max(1, iters // 3), val_batches=-1, patience=0,
+        steps_per_eval=max(1, iters // 3), val_batches=1 if quick else -1, patience=0,
     )
-    return settings
 
 
 # --- answers side by side ----------------------------------------------------------------------
 
 
-def answer_all(model_ref: str | Path, system_prompt: str, questions: list[str], max_tokens: int) -> list[str]:
-    """Greedy answers, one fresh conversation per question."""
+def answer_all(model_ref: str | Path, system_prompt: str, questions: list[str], max_tokens: int,
+               progress: Callable[[int], None] | None = None) -> list[str]:
+    """Greedy answers, one fresh conversation per question; progress(n) after each."""
     from .chat import ChatSession, context_window
     from .models import load_model
 
@@ -109,6 +113,8 @@ def answer_all(model_ref: str | Path, system_prompt: str, questions: list[str], 
     for question in questions:
         session.reset()
         answers.append(session.reply(question).strip() or "(no answer)")
+        if progress:
+            progress(len(answers))
     return answers
 
 
@@ -201,6 +207,9 @@ def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_mod
         say(f"      {report.pairs_read} pairs -> {counts}; system prompt in {ws.system_prompt_path}", err=True)
         for warning in report.warnings:
             say(f"      warning: {warning}", err=True)
+        for check in report.hygiene:
+            if check.status == "fail":
+                say(f"      template check failed: {check.name}: {check.detail}", err=True)
         done("dataset", t0)
 
         # 3. A short training run, through the real trainer.
@@ -228,8 +237,10 @@ def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_mod
         # 5. Base against partner, same system prompt, greedy.
         t0 = header(5, f"Base model and partner on {len(example.questions)} held-out questions (greedy, same system prompt)")
         system_prompt = (result.run_dir / "system_prompt.txt").read_text(encoding="utf-8")
-        base_answers = answer_all(model_path, system_prompt, example.questions, answer_tokens)
-        partner_answers = answer_all(result.model_dir, system_prompt, example.questions, answer_tokens)
+        base_answers = answer_all(model_path, system_prompt, example.questions, answer_tokens,
+                                  lambda i: indent(f"base model: answered {i}/{len(example.questions)}"))
+        partner_answers = answer_all(result.model_dir, system_prompt, example.questions, answer_tokens,
+                                     lambda i: indent(f"partner: answered {i}/{len(example.questions)}"))
         result.comparisons = [Comparison(q, b, p) for q, b, p in zip(example.questions, base_answers, partner_answers, strict=True)]
         done("compare", t0)
     result.timings["total"] = time.perf_counter() - started
