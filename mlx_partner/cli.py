@@ -494,7 +494,7 @@ def models_list() -> None:
 @click.option("--run", "run_name", metavar="NAME", help="Fuse this run instead of the latest.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Write here instead of models/<run>/.")
 @click.option("--gguf", "export_gguf", is_flag=True,
-              help="Also write <run>.gguf for llama.cpp/Ollama/LM Studio (mlx-lm's exporter: llama/mistral/mixtral with a SentencePiece tokenizer only).")
+              help="Also write <run>.gguf (float16) for llama.cpp/Ollama/LM Studio: llama models, and mistral/mixtral with a SentencePiece tokenizer.")
 @click.option("--quantize", is_flag=True, help="Re-quantize like a 4/8-bit base, kept only if the check still passes.")
 @click.option("--tolerance", type=click.FloatRange(min=0), help="Largest accepted logit difference from the adapter.  [default: 0.01 in float32]")
 @pass_app
