@@ -1,0 +1,97 @@
+"""Kill `dataset` while it rewrites data/{train,valid,test}.jsonl; nothing half-written, and a re-run fixes it.
+
+Each split file is written atomically (temp file, then rename), so a kill leaves every file whole.
+The three files together are not replaced at once, though: a kill between two renames leaves
+a new train.jsonl beside the old valid/test, and an example can then sit in two splits. The child
+gets a sitecustomize.py that pauses before each rename in data/, so the kill lands there for sure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from harness import TEST_KEY, cli_env, jsonl_strict, kill_when, make_workspace, run_cli, start_cli
+
+from mlx_partner.cli import cli
+from mlx_partner.dataset import dataset_hash
+from mlx_partner.workspace import Workspace
+
+SLOW_REPLACE = '''
+"""Test hook (tests/test_reliability_kill_dataset.py): renames into data/ take a while."""
+import os, time
+_pause = float(os.environ.get("RELIABILITY_SLOW_REPLACE") or 0)
+if _pause:
+    _real = os.replace
+    def _slow(src, dst, *args, **kwargs):
+        if os.sep + "data" + os.sep in os.fspath(dst):
+            time.sleep(_pause)
+        return _real(src, dst, *args, **kwargs)
+    os.replace = _slow
+'''
+
+
+def questions(ws: Path, split: str) -> set[str]:
+    path = ws / "data" / f"{split}.jsonl"
+    return {r["messages"][-2]["content"] for r in jsonl_strict(path)} if path.exists() else set()
+
+
+def overlap(ws: Path) -> set[str]:
+    train, valid, test = (questions(ws, s) for s in ("train", "valid", "test"))
+    return (train & valid) | (train & test) | (valid & test)
+
+
+@pytest.fixture
+def built(fake_anthropic, tiny_model, tmp_path, monkeypatch) -> Path:
+    """A workspace with pairs and a dataset built with seed 0; the hook folder beside it."""
+    ws = make_workspace(tmp_path / "ws")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["-w", str(ws), "generate", "--pairs", "40", "--pairs-per-round", "8"]).exit_code == 0
+    result = runner.invoke(cli, ["-w", str(ws), "dataset", "--base-model", str(tiny_model), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert not overlap(ws)
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(SLOW_REPLACE, encoding="utf-8")
+    return ws
+
+
+def _kill_after_train_is_replaced(ws: Path, tiny_model: Path) -> None:
+    env = cli_env(None, key=None, RELIABILITY_SLOW_REPLACE="0.5", PYTHONPATH=str(ws.parent / "hook"))
+    train = ws / "data" / "train.jsonl"
+    before = train.stat().st_ino
+    proc = start_cli(["dataset", "--base-model", str(tiny_model), "--seed", "7"], ws, env)
+    assert kill_when(proc, lambda: train.stat().st_ino != before, delay=0.1, timeout=120) == "killed", str(proc.result())
+
+
+def test_killed_dataset_leaves_whole_files_and_a_rerun_restores_the_splits(built, tiny_model):
+    ws = built
+    _kill_after_train_is_replaced(ws, tiny_model)
+    for split in ("train", "valid", "test"):
+        assert jsonl_strict(ws / "data" / f"{split}.jsonl"), f"{split}.jsonl is whole"
+    json.loads((ws / "data" / "dataset.json").read_text(encoding="utf-8"))
+    recorded = json.loads((ws / "data" / "dataset.json").read_text(encoding="utf-8"))["hash"]
+    assert dataset_hash(Workspace.at(ws)) != recorded, "the kill landed between the split renames"
+
+    env = cli_env(None, key=None)
+    rerun = run_cli(["dataset", "--base-model", str(tiny_model), "--seed", "7"], ws, env)
+    assert rerun.returncode == 0, str(rerun)
+    assert not overlap(ws), "after the re-run no example is in two splits"
+    recorded = json.loads((ws / "data" / "dataset.json").read_text(encoding="utf-8"))["hash"]
+    assert dataset_hash(Workspace.at(ws)) == recorded
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dataset.py run_dataset (lines ~655-662) renames train/valid/test one by one and train.py load_data "
+    "does not compare them with dataset.json's hash: after a kill between renames, `train` trains on a "
+    "mix of two splits (examples in both train and valid/test)"))
+def test_train_refuses_splits_left_mixed_by_a_killed_dataset(built, tiny_model):
+    ws = built
+    _kill_after_train_is_replaced(ws, tiny_model)
+    assert overlap(ws), "the killed dataset left train from one split and valid/test from another"
+    result = CliRunner().invoke(cli, ["-w", str(ws), "train", "--base-model", str(tiny_model), "--iters", "2",
+                                      "--batch-size", "2", "--quiet"])
+    assert result.exit_code == 1 and "dataset" in result.output, result.output
