@@ -70,7 +70,9 @@ class Run:
 
     @property
     def peak_gb(self) -> float:
-        return max((r.get("peak_memory", r.get("peak_memory_gb", 0.0)) for r in self.train), default=0.0)
+        """Peak MLX memory in GiB (mlx-lm's reports count 1e9 bytes; our manifest counts GiB)."""
+        gib = [r["peak_memory"] * 1e9 / 2**30 if "peak_memory" in r else r.get("peak_memory_gb", 0.0) for r in self.train]
+        return max(gib, default=0.0)
 
     def first_reaching(self, target: float) -> float | None:
         """Seconds from launch until a validation loss <= target, or None."""

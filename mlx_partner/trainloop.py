@@ -138,7 +138,8 @@ class Monitor:
         rec = {
             "iteration": it, "train_loss": info["train_loss"], "learning_rate": info["learning_rate"],
             "tokens_per_second": info["tokens_per_second"], "iterations_per_second": info["iterations_per_second"],
-            "trained_tokens": info["trained_tokens"], "peak_memory_gb": info["peak_memory"],
+            "trained_tokens": info["trained_tokens"],
+            "peak_memory_gb": info["peak_memory"] * 1e9 / GB,  # mlx-lm reports 1e9 bytes; we use GiB throughout
             "time": time.time(),
         }
         self.m["metrics"]["train"].append(rec)
