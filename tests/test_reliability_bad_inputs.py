@@ -331,3 +331,39 @@ def test_full_disk_during_train_is_one_line_and_keeps_files_whole(tiny_model, tm
     for path in (ws / "adapters" / "full").rglob("*.safetensors"):
         if not path.name.startswith("."):
             assert mx.load(str(path))
+
+
+# --- chat --------------------------------------------------------------------------------------
+
+CHAT_LINES = [
+    "/temp warm",  # not a number
+    "/temp -1",
+    "/bogus",
+    "/save",  # no file
+    "/save {missing}/deep/chat.md",  # a folder that does not exist
+    "/save {a_file}/chat.md",  # a path through a file
+    "control \x01\x02\x1b[31m characters, \u202eright-to-left\u202c, emoji \U0001f35e and a tab\there",
+    "bread " * 6000,  # far longer than the tiny model's context window
+    "What makes a good loaf?",
+    "/save {ok}",
+    "/quit",
+]
+
+
+def test_chat_repl_survives_bad_input(tiny_model, tmp_path):
+    ws = make_workspace(tmp_path / "ws", sources=("bread/the-ugly-loaf.md",))
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    ok = tmp_path / "saved" / "chat.md"
+    ok.parent.mkdir()
+    lines = [line.format(missing=tmp_path / "missing", a_file=a_file, ok=ok) for line in CHAT_LINES]
+    result = CliRunner().invoke(cli, ["-w", str(ws), "chat", "--model", str(tiny_model), "--temp", "0",
+                                      "--max-tokens", "8"], input="\n".join(lines) + "\n")
+    out = result.output
+    assert result.exit_code == 0 and "Traceback" not in out, out
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert out.count("Usage: /temp") == 2 and "Unknown command /bogus" in out and "Usage: /save FILE" in out
+    assert "Could not write" in out and "context window" in out, out  # the path through a file; the long line
+    assert "Saved" in out and ok.read_text(encoding="utf-8").strip(), out
+    assert a_file.read_text() == "x", "a failed /save touches nothing"
+    assert not (tmp_path / "missing").exists() or (tmp_path / "missing" / "deep" / "chat.md").is_file()
