@@ -176,17 +176,23 @@ class Monitor:
         return dict(tree_flatten(self.model.trainable_parameters()))
 
     def checkpoint(self, it: int) -> None:
+        """Save weights and optimizer state as iteration `it`, then name them in the manifest.
+
+        The manifest is the commit point: a kill before it leaves the previous checkpoint named
+        (and whole); `last.safetensors` is a convenience copy of the newest one, written after."""
         from mlx.utils import tree_flatten
 
         ck = self.run_dir / "checkpoints"
         weights = self.weights()
         _save(ck / f"{it:07d}_adapters.safetensors", weights)
-        _save(ck / "last.safetensors", weights)
-        _save(ck / "optimizer.safetensors", dict(tree_flatten(self.opt.state)))
-        self.m["checkpoint"] = {"iteration": it, "file": "checkpoints/last.safetensors", "optimizer": True}
-        for old in sorted(ck.glob("*_adapters.safetensors"))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
+        _save(ck / f"{it:07d}_optimizer.safetensors", dict(tree_flatten(self.opt.state)))
+        self.m["checkpoint"] = {"iteration": it, "file": f"checkpoints/{it:07d}_adapters.safetensors",
+                                "optimizer": f"checkpoints/{it:07d}_optimizer.safetensors"}
         self.write()
+        _save(ck / "last.safetensors", weights)
+        for pattern in ("*_adapters.safetensors", "*_optimizer.safetensors"):
+            for old in sorted(ck.glob(pattern))[:-KEEP_CHECKPOINTS]:
+                old.unlink()
 
     def write(self) -> None:
         self.m["duration_s"] = round(self.m.get("previous_duration_s", 0.0) + time.time() - self.start, 1)
@@ -320,13 +326,14 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         except (ValueError, OSError) as exc:
             raise TrainingError(f"The adapters of {src.name} do not fit this model ({exc}).") from None
         say(f"Starting from the adapters of {src.name}.")
+    ck = (previous or {}).get("checkpoint") or {}
     if resume and offset:
-        model.load_weights(str(run_dir / "checkpoints" / "last.safetensors"), strict=False)
+        model.load_weights(str(run_dir / ck.get("file", "checkpoints/last.safetensors")), strict=False)
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     opt = _optimizer(s, sched)
     notes = list(data.notes)
     if resume and offset:
-        if _restore_optimizer(opt, model, run_dir / "checkpoints" / "optimizer.safetensors"):
+        if isinstance(ck.get("optimizer"), str) and _restore_optimizer(opt, model, run_dir / ck["optimizer"]):
             say(f"Resuming {run_dir.name} at iteration {offset}/{sched.iters} with its optimizer state (Adam moments, schedule step).")
         else:
             notes.append("The optimizer state was not saved with this checkpoint: Adam restarts from zero.")
@@ -364,7 +371,8 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         batch_size=s.batch_size, iters=sched.iters - offset, val_batches=s.val_batches,
         steps_per_report=sched.steps_per_report, steps_per_eval=sched.steps_per_eval,
         steps_per_save=sched.iters + 1,  # our callback checkpoints (with the optimizer state)
-        adapter_file=str(run_dir / "checkpoints" / "last.safetensors"), max_seq_length=s.max_seq_length,
+        # mlx-lm writes its final weights in place (not atomically): somewhere nothing reads.
+        adapter_file=str(run_dir / "checkpoints" / ".trainer-final.safetensors"), max_seq_length=s.max_seq_length,
         grad_checkpoint=s.grad_checkpoint, grad_accumulation_steps=s.grad_accumulation,
     )
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -377,8 +385,10 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
             if args.iters > 0:
                 train(model=model, optimizer=opt, train_dataset=data.train, val_dataset=data.valid,
                       args=args, training_callback=monitor)
-        m["checkpoint"] = {"iteration": sched.iters, "file": "checkpoints/last.safetensors", "optimizer": True}
-        _save(run_dir / "checkpoints" / "optimizer.safetensors", dict(tree_flatten(opt.state)))
+        if args.iters > 0:
+            monitor.checkpoint(sched.iters)
+        with contextlib.suppress(OSError):
+            (run_dir / "checkpoints" / ".trainer-final.safetensors").unlink()
     except _EarlyStop:
         stopped_early = True
     except KeyboardInterrupt as exc:

@@ -64,11 +64,19 @@ def test_a_run_writes_every_file(finished):
     run = ws.adapters_dir / "first"
     assert result.status == "finished" and result.run_dir == run
     for name in ("adapters.safetensors", "adapter_config.json", "manifest.json", "loss.png",
-                 "system_prompt.txt", "checkpoints/last.safetensors", "checkpoints/optimizer.safetensors"):
+                 "system_prompt.txt", "checkpoints/last.safetensors", "checkpoints/0000010_adapters.safetensors",
+                 "checkpoints/0000010_optimizer.safetensors"):
         assert (run / name).is_file(), name
     assert list((run / "checkpoints").glob("*_adapters.safetensors"))  # periodic checkpoints
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "system_prompt.txt").read_text(encoding="utf-8") == SYSTEM
+    # Two checkpoints kept (5 and the final 10); the manifest names the newest, which last.safetensors copies.
+    assert sorted(p.name for p in (run / "checkpoints").glob("0*")) == [
+        "0000005_adapters.safetensors", "0000005_optimizer.safetensors",
+        "0000010_adapters.safetensors", "0000010_optimizer.safetensors"]
+    assert read_manifest(run)["checkpoint"]["file"] == "checkpoints/0000010_adapters.safetensors"
+    assert (run / "checkpoints" / "last.safetensors").read_bytes() == (run / "checkpoints" / "0000010_adapters.safetensors").read_bytes()
+    assert not (run / "checkpoints" / ".trainer-final.safetensors").exists()
 
 
 def test_manifest_content_and_no_secret(finished, tiny_model):
