@@ -78,12 +78,14 @@ def main() -> None:
         ours_env = {k: v for k, v in plain_env().items() if k != "MLX_PARTNER_FAST_BLAS"}
         blas_env = fast_env()
         results: dict[str, list] = {"ours": [], "raw": [], "raw+blas": []}
-        for i in range(a.runs):  # alternate, so drift in machine load hits every command alike
-            results["ours"].append(run_ours("ours", ws, ours_flags, ours_env, a.timeout))
-            if blas_env is not None:
-                results["raw+blas"].append(run_raw("raw+blas", raw_config, blas_env, work, a.timeout))
-            if not a.skip_slow:
-                results["raw"].append(run_raw("raw", raw_config, plain_env(), work, a.timeout))
+        commands = [("ours", lambda: run_ours("ours", ws, ours_flags, ours_env, a.timeout))]
+        if blas_env is not None:
+            commands.append(("raw+blas", lambda: run_raw("raw+blas", raw_config, blas_env, work, a.timeout)))
+        if not a.skip_slow:
+            commands.append(("raw", lambda: run_raw("raw", raw_config, plain_env(), work, a.timeout)))
+        for i in range(a.runs):  # alternate, and rotate who goes first, so drift hits every command alike
+            for name, run in commands[i % len(commands):] + commands[:i % len(commands)]:
+                results[name].append(run())
             done = {k: f"{median([r.tokens_per_second for r in v]):.0f} tok/s" for k, v in results.items() if v}
             print(f"round {i + 1}/{a.runs}: {done}", file=sys.stderr)
     finally:

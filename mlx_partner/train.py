@@ -291,7 +291,11 @@ def run_train(ws: Workspace | Path | str, settings: Settings | TrainSettings, *,
     s = settings.train if isinstance(settings, Settings) else settings
     if plan_only:
         return _plan(ws, s, memory_gb)
-    with workspace_lock(ws, "train"):
+    import mlx.core as mx
+
+    # Under `mlx.launch` (data-parallel over several Macs) rank 0 holds the lock for them all.
+    rank0 = mx.distributed.init().rank() == 0
+    with workspace_lock(ws, "train") if rank0 else contextlib.nullcontext():
         from .trainloop import train_run
 
         return train_run(ws, s, run_name=run_name, resume=resume, memory_gb=memory_gb,

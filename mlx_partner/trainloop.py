@@ -128,6 +128,10 @@ class Monitor:
         self.run_dir, self.m, self.model, self.opt = run_dir, manifest, model, optimizer
         self.sched, self.s, self.offset, self.progress = sched, s, offset, progress
         self.start = time.time()
+        import mlx.core as mx
+
+        # Under `mlx.launch` every process gets the callbacks; only rank 0 writes files and prints.
+        self.rank0 = mx.distributed.init().rank() == 0
         self.t0_iter: tuple[float, int] | None = None
         self.last_line = ""
 
@@ -161,7 +165,8 @@ class Monitor:
             raise _NaNLoss(it)
         best = self.m.get("best")
         if it >= 1 and (best is None or info["val_loss"] < best["val_loss"]):
-            _save(self.run_dir / "adapters.safetensors", self.weights())
+            if self.rank0:
+                _save(self.run_dir / "adapters.safetensors", self.weights())
             self.m["best"] = {"iteration": it, "val_loss": info["val_loss"]}
         self.write()
         self.show(it, newline=True)
@@ -182,6 +187,8 @@ class Monitor:
         (and whole); `last.safetensors` is a convenience copy of the newest one, written after."""
         from mlx.utils import tree_flatten
 
+        if not self.rank0:
+            return
         ck = self.run_dir / "checkpoints"
         weights = self.weights()
         _save(ck / f"{it:07d}_adapters.safetensors", weights)
@@ -196,6 +203,8 @@ class Monitor:
 
     def write(self) -> None:
         self.m["duration_s"] = round(self.m.get("previous_duration_s", 0.0) + time.time() - self.start, 1)
+        if not self.rank0:
+            return
         atomic_write_json(self.run_dir / "manifest.json", self.m)
         with contextlib.suppress(Exception):  # a picture is never worth failing a run
             metrics = self.m["metrics"]
@@ -203,7 +212,7 @@ class Monitor:
                            [(r["iteration"], r["val_loss"]) for r in metrics["valid"]], self.m.get("base_val_loss"))
 
     def show(self, it: int, newline: bool = False) -> None:
-        if not self.progress:
+        if not self.progress or not self.rank0:
             return
         import sys
 
@@ -283,6 +292,7 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
     from .train import find_run
 
     adapters = ws.adapters_dir
+    rank0 = mx.distributed.init().rank() == 0  # under `mlx.launch`, only rank 0 writes the run
     offset, previous = 0, None
     if resume:
         run_dir = _resumable(ws, run_name)
@@ -291,9 +301,9 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         offset = int((previous.get("checkpoint") or {}).get("iteration", 0))
     else:
         run_dir = adapters / (run_name or _new_run_name(adapters))
-        if run_dir.exists() and (run_dir / "manifest.json").exists():
+        if rank0 and run_dir.exists() and (run_dir / "manifest.json").exists():
             raise TrainingError(f"Run {run_dir.name} exists already; choose another --run name, or --resume it.")
-    say = echo_err if progress else (lambda *a, **k: None)
+    say = echo_err if progress and rank0 else (lambda *a, **k: None)
     src = None
     if continue_from:
         # The adapters must fit the layers they were trained for: take the earlier run's shape.
@@ -341,9 +351,11 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
     elif resume:
         say(f"{run_dir.name} has no checkpoint yet; starting it from the beginning.")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "system_prompt.txt", data.system_prompt)
-    atomic_write_json(run_dir / "adapter_config.json", adapter_config(s, loaded.path, len(model.layers), sched))
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "system_prompt.txt", data.system_prompt)
+        atomic_write_json(run_dir / "adapter_config.json", adapter_config(s, loaded.path, len(model.layers), sched))
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
     if previous is not None:  # forget what happened after the checkpoint, except the best
         best_it = (previous.get("best") or {}).get("iteration")
         previous["metrics"] = {
@@ -375,7 +387,6 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         adapter_file=str(run_dir / "checkpoints" / ".trainer-final.safetensors"), max_seq_length=s.max_seq_length,
         grad_checkpoint=s.grad_checkpoint, grad_accumulation_steps=s.grad_accumulation,
     )
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
     mx.reset_peak_memory()
     warnings: list[str] = []
     outcome: BaseException | None = None
@@ -405,7 +416,7 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
         say(w)
     done = max([r["iteration"] for r in m["metrics"]["train"]] + [offset])
     best = m.get("best")
-    if best is None and outcome is None:
+    if best is None and outcome is None and rank0:
         # No validation after training began (a very short run): the final weights are all we have.
         shutil.copyfile(run_dir / "checkpoints" / "last.safetensors", run_dir / "adapters.safetensors")
         notes.append("No validation ran after training began, so the adapters are the final weights.")
@@ -413,7 +424,7 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
     m.update({"status": status, "stopped_early": stopped_early, "iterations_done": done,
               "peak_memory_gb": round(peak, 3)})
     monitor.write()
-    if status == "finished":
+    if status == "finished" and rank0:
         _point_latest(adapters, run_dir.name)
     base = m.get("base_val_loss")
     if best and base is not None and best["val_loss"] >= base:
