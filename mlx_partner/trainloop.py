@@ -344,7 +344,8 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
     notes = list(data.notes)
     if resume and offset:
         if isinstance(ck.get("optimizer"), str) and _restore_optimizer(opt, model, run_dir / ck["optimizer"]):
-            say(f"Resuming {run_dir.name} at iteration {offset}/{sched.iters} with its optimizer state (Adam moments, schedule step).")
+            say(f"Resuming {run_dir.name} at iteration {offset}/{sched.iters} with its own settings and its optimizer "
+                f"state (Adam moments, schedule step).")
         else:
             notes.append("The optimizer state was not saved with this checkpoint: Adam restarts from zero.")
             say(notes[-1])

@@ -352,3 +352,11 @@ def test_a_real_sigterm_stops_cleanly_and_exits_130(tiny_model, tmp_path):
     m = json.loads(manifest.read_text())
     assert m["status"] == "stopped" and m["checkpoint"]["iteration"] >= 5
     assert "--resume" in out
+
+
+def test_cli_continue_from_an_unknown_run(tiny_model, tmp_path):
+    write_data(tmp_path)
+    r = invoke(tmp_path, "--base-model", str(tiny_model), "--continue-from", "nope")
+    assert r.exit_code == 1 and "No run named 'nope'" in r.output
+    r = invoke(tmp_path, "--base-model", str(tiny_model), "--continue-from", "latest")
+    assert r.exit_code == 1 and "No trained run yet" in r.output and "`mlx-partner train` first" in r.output
