@@ -543,7 +543,9 @@ def _echo_eval(metrics: dict, out_dir: Path) -> None:
 @cli.command("eval")
 @click.option("--run", "run_name", help="The run to evaluate (default: the latest).")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Held-out questions answered by each model (loss uses up to 100 pairs per split).")
+              help="Held-out questions answered by each model.")
+@click.option("--loss-limit", type=click.IntRange(min=0), default=40, show_default=True,
+              help="Pairs per split (test, valid) scored for loss and perplexity.")
 @click.option("--probes", type=click.IntRange(min=0), default=6, show_default=True,
               help="Questions on topics absent from your sources (groundedness probe).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True, help="Longest generated answer.")
@@ -551,8 +553,8 @@ def _echo_eval(metrics: dict, out_dir: Path) -> None:
 @click.option("--compare", "compare_with", help="An earlier evaluated run to compare with on the pairs both share.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @pass_app
-def eval_command(app: App, run_name: str | None, limit: int, probes: int, max_tokens: int, seed: int,
-                 compare_with: str | None, quiet: bool) -> None:
+def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, probes: int, max_tokens: int,
+                 seed: int, compare_with: str | None, quiet: bool) -> None:
     """Compare the base model and a tuned run on your held-out pairs.
 
     Scores both on the test split (and valid): loss and perplexity on your answers, generated
@@ -569,8 +571,8 @@ def eval_command(app: App, run_name: str | None, limit: int, probes: int, max_to
     from .evaluate import run_eval
 
     with app.lock("eval"):
-        result = run_eval(app.workspace, app.settings, run_name, limit=limit, probes=probes, max_tokens=max_tokens,
-                          seed=seed, compare_with=compare_with, progress=not quiet)
+        result = run_eval(app.workspace, app.settings, run_name, limit=limit, loss_limit=loss_limit, probes=probes,
+                          max_tokens=max_tokens, seed=seed, compare_with=compare_with, progress=not quiet)
     _echo_eval(result.metrics, result.out_dir)
 
 

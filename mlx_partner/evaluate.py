@@ -622,7 +622,7 @@ def summarize(scores: dict[str, Any], keys: set[str] | None = None) -> dict[str,
 DEFAULT_LIMIT = 20
 DEFAULT_PROBES = 6
 DEFAULT_MAX_TOKENS = 128
-DEFAULT_LOSS_LIMIT = 100  # examples per split scored for loss (a forward pass each: cheap)
+DEFAULT_LOSS_LIMIT = 40  # pairs per split scored for loss: a forward pass each (a whole typical test split)
 
 
 @dataclass(frozen=True)
