@@ -174,6 +174,7 @@ class ChatSession:
     max_tokens: int = 512
     window: int = 4096  # context tokens kept; see context_window()
     seed: int = 0
+    repetition_penalty: float = 1.0  # > 1 discourages repeating the last 20 tokens (1 = off)
     history: list[tuple[str, str]] = field(default_factory=list)  # (question, answer)
     stats: TurnStats = field(default_factory=TurnStats)
     total_prefill_tokens: int = 0
@@ -254,6 +255,13 @@ class ChatSession:
 
         return make_sampler(temp=self.temperature, top_p=self.top_p if self.temperature > 0 else 0.0)
 
+    def logits_processors(self) -> list[Callable[..., Any]] | None:
+        from mlx_lm.sample_utils import make_logits_processors
+
+        if self.repetition_penalty == 1.0:
+            return None
+        return make_logits_processors(repetition_penalty=self.repetition_penalty)
+
     def _prepare_cache(self, tokens: list[int]) -> list[int]:
         """Reuse the cached prefix of `tokens`; return the suffix that must still be prefilled."""
         from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
@@ -312,7 +320,7 @@ class ChatSession:
         try:
             for response in stream_generate(
                 self.model, self.tokenizer, suffix, max_tokens=self.max_tokens,
-                sampler=self.sampler(), prompt_cache=self._cache,
+                sampler=self.sampler(), logits_processors=self.logits_processors(), prompt_cache=self._cache,
             ):
                 if not self.stats.generated_tokens:
                     self.stats.time_to_first_token = time.perf_counter() - start
@@ -341,7 +349,8 @@ class ChatSession:
 
 
 def open_session(target: ChatTarget, *, temperature: float, top_p: float, max_tokens: int,
-                 max_kv_size: int = 0, seed: int = 0, workspace_root: Path | None = None) -> tuple[ChatSession, Any]:
+                 max_kv_size: int = 0, seed: int = 0, repetition_penalty: float = 1.0,
+                 workspace_root: Path | None = None) -> tuple[ChatSession, Any]:
     """Load the target's model and start a session; returns (session, LoadedModel)."""
     from .models import load_model
 
@@ -349,6 +358,7 @@ def open_session(target: ChatTarget, *, temperature: float, top_p: float, max_to
     session = ChatSession(
         loaded.model, loaded.tokenizer, target.system_prompt, temperature=temperature, top_p=top_p,
         max_tokens=max_tokens, window=context_window(loaded.config, max_kv_size), seed=seed,
+        repetition_penalty=repetition_penalty,
     )
     return session, loaded
 

@@ -358,10 +358,11 @@ def train(app: App, run_name: str | None, resume: bool, continue_from: str | Non
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Longest reply, in tokens.  [default: 512]")
 @click.option("--max-kv-size", type=click.IntRange(min=0), help="Context tokens kept (0 = the model's window).")
 @click.option("--seed", type=int, help="Sampling seed.  [default: 0]")
+@click.option("--repetition-penalty", type=click.FloatRange(min=1), help="Above 1 discourages repeating recent tokens.  [default: 1, off]")
 @pass_app
 def chat(app: App, run_name: str | None, model_path: str | None, base: bool, prompt: str | None,
          temp: float | None, top_p: float | None, max_tokens: int | None, max_kv_size: int | None,
-         seed: int | None) -> None:
+         seed: int | None, repetition_penalty: float | None) -> None:
     """Talk to your partner, offline: the latest run's fused model, or base + adapters.
 
     It uses the exact system prompt the run was trained with, streams its answers and keeps the
@@ -379,14 +380,16 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
     if model_path and (run_name or base):
         raise click.UsageError("--model cannot be combined with --run or --base.")
     settings = app.settings.override(
-        "chat", temperature=temp, top_p=top_p, max_tokens=max_tokens, max_kv_size=max_kv_size, seed=seed
+        "chat", temperature=temp, top_p=top_p, max_tokens=max_tokens, max_kv_size=max_kv_size, seed=seed,
+        repetition_penalty=repetition_penalty,
     ).chat
     target = resolve_target(app.workspace, run=run_name, model=model_path, base=base,
                             base_model=app.settings.train.base_model, settings=app.settings)
     click.echo(f"Loading {target.label} ...", err=True)
     session, loaded = open_session(
         target, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-        max_kv_size=settings.max_kv_size, seed=settings.seed, workspace_root=app.workspace.root,
+        max_kv_size=settings.max_kv_size, seed=settings.seed, repetition_penalty=settings.repetition_penalty,
+        workspace_root=app.workspace.root,
     )
     if prompt is not None:
         for piece in session.ask(prompt):

@@ -90,6 +90,7 @@ class ChatSettings:
     max_tokens: int = _f(512, "Longest reply, in tokens.")
     max_kv_size: int = _f(0, "Context tokens kept in chat (0 = the model's window).")
     seed: int = _f(0, "Sampling seed.")
+    repetition_penalty: float = _f(1.0, "Above 1 discourages repeating recent tokens; small models loop without it (1 = off).")
 
 
 SECTIONS: dict[str, type] = {

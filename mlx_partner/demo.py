@@ -34,6 +34,9 @@ from .workspace import Workspace, workspace_lock
 DEMO_ITERS = 36
 QUICK_ITERS = 2  # --quick: the whole path in seconds on a tiny model, for CI and tests
 ANSWER_TOKENS = 160
+# Greedy decoding makes a 135M model loop ("A kettle is a tool. A kettle is a tool..."); a mild
+# repetition penalty, the same for both columns, keeps the comparison readable and deterministic.
+REPETITION_PENALTY = 1.2
 QUICK_ANSWER_TOKENS = 24
 
 
@@ -102,13 +105,14 @@ def demo_settings(settings: Settings, base_model: Path | str, iters: int, quick:
 
 def answer_all(model_ref: str | Path, system_prompt: str, questions: list[str], max_tokens: int,
                progress: Callable[[int], None] | None = None) -> list[str]:
-    """Greedy answers, one fresh conversation per question; progress(n) after each."""
+    """Greedy answers (with the demo's repetition penalty), one fresh conversation per question."""
     from .chat import ChatSession, context_window
     from .models import load_model
 
     loaded = load_model(model_ref)
     session = ChatSession(loaded.model, loaded.tokenizer, system_prompt, temperature=0.0, top_p=1.0,
-                          max_tokens=max_tokens, window=context_window(loaded.config))
+                          max_tokens=max_tokens, window=context_window(loaded.config),
+                          repetition_penalty=REPETITION_PENALTY)
     answers = []
     for question in questions:
         session.reset()
@@ -235,7 +239,8 @@ def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_mod
         done("fuse", t0)
 
         # 5. Base against partner, same system prompt, greedy.
-        t0 = header(5, f"Base model and partner on {len(example.questions)} held-out questions (greedy, same system prompt)")
+        t0 = header(5, f"Base model and partner on {len(example.questions)} held-out questions "
+                    f"(greedy, repetition penalty {REPETITION_PENALTY}, same system prompt)")
         system_prompt = (result.run_dir / "system_prompt.txt").read_text(encoding="utf-8")
         base_answers = answer_all(model_path, system_prompt, example.questions, answer_tokens,
                                   lambda i: indent(f"base model: answered {i}/{len(example.questions)}"))

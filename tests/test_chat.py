@@ -395,3 +395,25 @@ def test_before_any_dataset_a_model_gets_the_prompt_dataset_would_derive(tiny_mo
     assert "Oona" in target.system_prompt
     configured = Settings().override("dataset", system_prompt="Be brief.")
     assert resolve_target(ws, model=str(tiny_model), settings=configured).system_prompt == "Be brief."
+
+
+def test_repetition_penalty_changes_greedy_output_and_keeps_the_cache_consistent(loaded):
+    plain = session(loaded, max_tokens=30).reply("What is bread for?")
+    s = session(loaded, max_tokens=30, repetition_penalty=1.5)
+    penalised = s.reply("What is bread for?")
+    assert penalised != plain
+    s.reply("And streets?")
+    assert s.stats.reused_tokens > 0 and s._cache_offset() == len(s._cached)
+
+
+def test_repetition_penalty_flag_and_setting(model_dir, tmp_path):
+    args = ["-w", str(tmp_path), "chat", "--model", str(model_dir), "--prompt", "What is bread for?",
+            "--temp", "0", "--max-tokens", "30"]
+    plain = CliRunner().invoke(cli, args)
+    flag = CliRunner().invoke(cli, [*args, "--repetition-penalty", "1.5"])
+    (tmp_path / "partner.toml").write_text("[chat]\nrepetition_penalty = 1.5\n")
+    setting = CliRunner().invoke(cli, args)
+    assert plain.exit_code == flag.exit_code == setting.exit_code == 0
+    assert flag.stdout == setting.stdout != plain.stdout
+    bad = CliRunner().invoke(cli, [*args, "--repetition-penalty", "0.5"])
+    assert bad.exit_code == 2
