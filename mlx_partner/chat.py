@@ -40,6 +40,7 @@ class ChatTarget:
     system_prompt: str
     label: str  # for the header and transcripts, e.g. "run 20261125-1712 (fused)"
     run_name: str | None = None
+    note: str = ""  # something the user should know about this choice
 
 
 def _read_text(path: Path) -> str | None:
@@ -116,14 +117,27 @@ def resolve_target(ws: Workspace, *, run: str | None = None, model: str | None =
         return ChatTarget(str(ref), None, _run_system_prompt(run_dir, manifest), label, run_dir.name)
     run_dir, manifest = _find_run(ws, run)
     fused = ws.models_dir / run_dir.name
-    if (fused / "config.json").exists():
+    if (fused / "config.json").exists() and _is_stale(fused, run_dir):
+        note = (f"models/{run_dir.name}/ is older than the run's adapters, so it is not used; "
+                f"run `mlx-partner fuse --run {run_dir.name}` to refresh it.")
+    elif (fused / "config.json").exists():
         prompt = _read_text(fused / "system_prompt.txt") or _run_system_prompt(run_dir, manifest)
         return ChatTarget(str(fused), None, prompt, f"run {run_dir.name} (fused model)", run_dir.name)
+    else:
+        note = ""
     ref = manifest.get("base_model_path") or manifest.get("base_model")
     if not ref:
         raise ModelError(f"The manifest of run {run_dir.name} does not name its base model.")
     return ChatTarget(str(ref), run_dir, _run_system_prompt(run_dir, manifest),
-                      f"run {run_dir.name} (base + adapters)", run_dir.name)
+                      f"run {run_dir.name} (base + adapters)", run_dir.name, note)
+
+
+def _is_stale(fused: Path, run_dir: Path) -> bool:
+    """True when the run's adapters changed after the fused model was written (a resumed run)."""
+    try:
+        return (run_dir / "adapters.safetensors").stat().st_mtime > (fused / "config.json").stat().st_mtime + 1
+    except OSError:
+        return False
 
 
 # --- the session -------------------------------------------------------------------------------

@@ -385,6 +385,8 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
     ).chat
     target = resolve_target(app.workspace, run=run_name, model=model_path, base=base,
                             base_model=app.settings.train.base_model, settings=app.settings)
+    if target.note:
+        click.echo(f"Note: {target.note}", err=True)
     click.echo(f"Loading {target.label} ...", err=True)
     session, loaded = open_session(
         target, temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,

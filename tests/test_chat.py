@@ -379,6 +379,7 @@ def test_a_fused_model_is_preferred(trained_ws, tiny_model, tmp_path):
     fused = root / "models" / "r1"
     shutil.copytree(tiny_model, fused)
     (fused / "system_prompt.txt").write_text("The fused model's copy of the prompt.")
+    (fused / "config.json").touch()  # fused after training, as `fuse` does
     target = resolve_target(Workspace.at(root))
     assert target == ChatTarget(str(fused), None, "The fused model's copy of the prompt.", "run r1 (fused model)", "r1")
 
@@ -417,3 +418,18 @@ def test_repetition_penalty_flag_and_setting(model_dir, tmp_path):
     assert flag.stdout == setting.stdout != plain.stdout
     bad = CliRunner().invoke(cli, [*args, "--repetition-penalty", "0.5"])
     assert bad.exit_code == 2
+
+
+def test_a_fused_model_older_than_the_adapters_is_not_used(trained_ws, tiny_model, tmp_path):
+    import os
+
+    root = tmp_path / "ws"
+    shutil.copytree(trained_ws, root, symlinks=True)
+    fused = root / "models" / "r1"
+    shutil.copytree(tiny_model, fused)
+    old = (root / "adapters" / "r1" / "adapters.safetensors").stat().st_mtime - 100
+    os.utime(fused / "config.json", (old, old))
+    target = resolve_target(Workspace.at(root))
+    assert target.adapter_path is not None and "older than the run's adapters" in target.note
+    result = CliRunner().invoke(cli, ["-w", str(root), "chat", "--prompt", "Hi", "--max-tokens", "3"])
+    assert result.exit_code == 0 and "mlx-partner fuse --run r1" in result.stderr
