@@ -13,6 +13,7 @@ as done exactly once.
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -280,3 +281,34 @@ def test_batch_api_run_killed_while_collecting_resends_nothing(tmp_path):
         assert batch_creations(srv) == 3, "the first batch's other result is collected; only wave 2 is sent again"
     finally:
         srv.stop()
+
+
+def test_ctrl_c_stops_promptly_and_the_next_run_finishes(server, baseline, tmp_path):
+    """SIGINT (Ctrl-C) with requests in flight: out within seconds, exit 130, lock released."""
+    import signal
+    import time
+
+    ws = make_workspace(tmp_path / "ws")
+    env = cli_env(server.url)
+    server.configure(latency=5.0)
+    try:
+        proc = start_cli(ARGS, ws, env)
+        lock = ws / ".mlx-partner.lock"
+        deadline = time.monotonic() + 60
+        while not lock.exists():
+            assert proc.alive() and time.monotonic() < deadline, str(proc.result())
+            time.sleep(0.02)
+        time.sleep(2.5)  # the first requests are in flight now
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        result = proc.wait(timeout=60)
+        waited = time.monotonic() - sent
+    finally:
+        server.configure(latency=LATENCY)
+    assert result.returncode == 130 and "Stopped." in result.stderr and "Traceback" not in result.output, str(result)
+    assert waited < 4.0, f"Ctrl-C took {waited:.1f}s to stop"
+    assert not lock.exists()
+    check_partial(ws)
+    final = run_cli(ARGS, ws, env)
+    assert final.returncode == 0, str(final)
+    check_same_as_baseline(ws, baseline, ["SIGINT"])
