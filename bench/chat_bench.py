@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="Runs per measurement (the median is reported).")
     parser.add_argument("--max-tokens", type=int, default=128, help="Tokens generated per reply.")
     parser.add_argument("--turn-tokens", type=int, default=48, help="Tokens per reply in the 10-turn conversation.")
+    parser.add_argument("--only", choices=["tps", "ttft"], help="Run only one of the two measurements.")
     args = parser.parse_args()
 
     from mlx_partner.blas import reexec_with_fast_blas, status_line
@@ -116,7 +117,8 @@ def main() -> None:
     quantized = "quantization" in loaded.config
     print(f"model: {model_path}")
     print(f"  on disk: {'quantized' if quantized else config_dtype}; chat computes in {loaded.dtype}")
-    print(f"  {status_line() or 'BLAS: platform default'}  device: {mx.default_device()}")
+    print(f"  {status_line() or 'BLAS: platform default'}  device: {mx.default_device()}  "
+          f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if quantized or config_dtype not in ("float32", "?"):
         print("  note: mlx_lm generate computes in the stored dtype; the tokens/s ratio compares "
               "different precisions (on a CPU backend float32 is the fast one)")
@@ -125,29 +127,39 @@ def main() -> None:
                           max_tokens=args.max_tokens, window=context_window(loaded.config))
     ours(session, 8)  # warm up
 
-    # 1. tokens/s, alternating so that machine load hits both sides alike.
+    if args.only != "ttft":
+        tokens_per_second(session, str(model_path), args.runs, args.max_tokens)
+    if args.only != "tps":
+        first_token_by_turn(session, args.runs, args.turn_tokens)
+    print(f"\n(finished {time.strftime('%H:%M:%S')}; load average {os.getloadavg()[0]:.1f})")
+
+
+def tokens_per_second(session, model_path: str, runs: int, max_tokens: int) -> None:
+    """1. Generation tokens/s, alternating runs so that machine load hits both sides alike."""
     theirs_tps, ours_tps, counts = [], [], set()
-    for _ in range(args.runs):
-        n, tps = mlx_lm_generate(str(model_path), args.max_tokens)
+    for _ in range(runs):
+        n, tps = mlx_lm_generate(model_path, max_tokens)
         theirs_tps.append(tps)
-        m, tps2 = ours(session, args.max_tokens)
+        m, tps2 = ours(session, max_tokens)
         ours_tps.append(tps2)
         counts.add((n, m))
     t_med, o_med = statistics.median(theirs_tps), statistics.median(ours_tps)
-    print(f"\ngeneration tokens/s, median of {args.runs} (tokens generated mlx_lm/ours: {sorted(counts)})")
+    print(f"\ngeneration tokens/s, median of {runs} (tokens generated mlx_lm/ours: {sorted(counts)})")
     print(f"  python -m mlx_lm generate: {t_med:8.1f}   runs: {', '.join(f'{x:.1f}' for x in theirs_tps)}")
     print(f"  mlx-partner chat:          {o_med:8.1f}   runs: {', '.join(f'{x:.1f}' for x in ours_tps)}")
     ratio = o_med / t_med
     print(f"  ratio: {ratio:.3f}x  (target >= 0.95)  {'OK' if ratio >= 0.95 else 'BELOW TARGET'}")
 
-    # 2. time to first token by turn.
-    session.max_tokens = args.turn_tokens
-    with_cache = [conversation(session, reuse=True) for _ in range(args.runs)]
+
+def first_token_by_turn(session, runs: int, turn_tokens: int) -> None:
+    """2. Time to first token at each turn of a 10-turn conversation, cache reused or not."""
+    session.max_tokens = turn_tokens
+    with_cache = [conversation(session, reuse=True) for _ in range(runs)]
     prefill_last = session.stats.prefill_tokens, session.stats.prompt_tokens
-    without = [conversation(session, reuse=False) for _ in range(args.runs)]
+    without = [conversation(session, reuse=False) for _ in range(runs)]
     med = [statistics.median(run[i] for run in with_cache) for i in range(len(TURNS))]
     med_no = [statistics.median(run[i] for run in without) for i in range(len(TURNS))]
-    print(f"\ntime to first token by turn (ms), median of {args.runs}, {args.turn_tokens}-token replies")
+    print(f"\ntime to first token by turn (ms), median of {runs}, {turn_tokens}-token replies")
     print("  turn:          " + " ".join(f"{i + 1:>6}" for i in range(len(TURNS))))
     print("  cache reused:  " + " ".join(f"{x * 1000:6.1f}" for x in med))
     print("  re-prefilled:  " + " ".join(f"{x * 1000:6.1f}" for x in med_no))
@@ -155,7 +167,6 @@ def main() -> None:
     r10 = med[-1] / med[0]
     print(f"  turn 10 / turn 1: {r10:.2f}x with the cache (target <= 1.5)  {'OK' if r10 <= 1.5 else 'ABOVE TARGET'};"
           f" {med_no[-1] / med_no[0]:.2f}x re-prefilling")
-    print(f"\n(finished {time.strftime('%H:%M:%S')})")
 
 
 if __name__ == "__main__":
