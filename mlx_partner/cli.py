@@ -553,7 +553,7 @@ def _echo_eval(metrics: dict, out_dir: Path) -> None:
               help="Pairs per split (test, valid) scored for loss and perplexity.")
 @click.option("--probes", type=click.IntRange(min=0), default=6, show_default=True,
               help="Questions on topics absent from your sources (groundedness probe).")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=128, show_default=True, help="Longest generated answer.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=96, show_default=True, help="Longest generated answer.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing questions and probes.")
 @click.option("--compare", "compare_with", help="An earlier evaluated run to compare with on the pairs both share.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
@@ -588,7 +588,7 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
 @click.option("--run", "run_name", help="Name of the new run (default: run-<date>-<time>).")
 @click.option("--no-fuse", is_flag=True, help="Skip fusing the new run into models/<run>/.")
 @click.option("--limit", type=click.IntRange(min=1), help="Held-out questions answered in the evaluation (default 20).")
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Longest generated answer in the evaluation (default 128).")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Longest generated answer in the evaluation (default 96).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @pass_app
 def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str | None, no_fuse: bool,
