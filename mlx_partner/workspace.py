@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -209,62 +210,59 @@ def read_jsonl(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list
 
 
 # --- the lock ----------------------------------------------------------------------------------
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
+#
+# An flock on the lock file: the kernel releases it when its process dies, however it dies, so a
+# lock left by a killed command is never mistaken for a live one (and a reused pid cannot keep a
+# workspace locked). The file also holds the owner's pid and command, for the refusal message.
 
 _held: set[Path] = set()
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        owner = json.loads(path.read_text() or "{}")
+        return f"{owner.get('command', 'unknown')}, pid {int(owner['pid'])}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "unknown"
 
 
 @contextlib.contextmanager
 def workspace_lock(ws: Workspace, command: str) -> Iterator[None]:
     """Hold the workspace's write lock for the duration of `command`.
 
-    The lock file holds the owner's pid; a lock whose process is gone (killed) is stale and is
-    taken over. A live owner makes the second command refuse with a plain message.
+    A second command refuses at once with a plain message naming the holder. Re-entrant within a
+    process: `demo` and `retrain` run other stages under their one lock.
     """
-    if ws.root in _held:  # re-entrant: `demo` and `retrain` run other stages under one lock
+    if ws.root in _held:
         yield
         return
     ws.root.mkdir(parents=True, exist_ok=True)
     path = ws.lock_path
-    mine = json.dumps({"pid": os.getpid(), "command": command})
-    for _ in range(2):
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(path.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            pid = int(owner.get("pid", 0) or 0)
-            if pid and pid != os.getpid() and _pid_alive(pid):
-                raise WorkspaceLocked(
-                    f"Another mlx-partner command ({owner.get('command', 'unknown')}, pid {pid}) is "
-                    f"writing this workspace; wait for it to finish, or stop it and run again."
-                ) from None
-            # Stale: its process is gone. Remove and try once more.
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(mine)
-        break
-    else:
-        raise WorkspaceLocked(f"Could not take the workspace lock {path}; remove it if no mlx-partner command is running.")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise WorkspaceLocked(
+                f"Another mlx-partner command ({_lock_owner(path)}) is writing this workspace; "
+                f"wait for it to finish, or stop it and run again."
+            ) from None
+        # The holder we raced with may have removed the file after we opened it: lock the live one.
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "command": command}).encode())
     _held.add(ws.root)
     try:
         yield
     finally:
         _held.discard(ws.root)
         with contextlib.suppress(OSError):
-            if path.read_text() == mine:
-                path.unlink()
+            path.unlink()
+        os.close(fd)  # releases the flock

@@ -41,3 +41,32 @@ def fake_anthropic():
         yield server
     finally:
         server.stop()
+
+
+HOLD_LOCK = """
+import sys, time
+from mlx_partner.workspace import Workspace, workspace_lock
+with workspace_lock(Workspace.at(sys.argv[1]), sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def hold_lock():
+    """Start a process that holds a workspace's lock, as a running command would; killed at teardown."""
+    import subprocess
+    import sys
+
+    holders = []
+
+    def start(root, command="train"):
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root), command], stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+        return holder
+
+    yield start
+    for holder in holders:
+        holder.kill()
+        holder.wait()

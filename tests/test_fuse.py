@@ -305,11 +305,8 @@ def test_cli_fuse_gguf_where_mlx_lm_exports_right(tmp_path, tiny_model):
     assert json.loads((root / "models" / "r1" / "mlx_partner.json").read_text())["gguf"] == "r1.gguf"
 
 
-def test_fuse_takes_the_workspace_lock(ws):
-    import os
-
-    # Another live process (our parent) holds the lock, as a running `train` would.
-    ws.lock_path.write_text(json.dumps({"pid": os.getppid(), "command": "train"}))
+def test_fuse_takes_the_workspace_lock(ws, hold_lock):
+    hold_lock(ws.root, "train")  # another live process holds the lock, as a running `train` would
     result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse"])
     assert result.exit_code == 1 and "Another mlx-partner command (train" in result.output
     assert not (ws.models_dir / "r1").exists()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -82,27 +80,31 @@ def test_read_jsonl_missing_file_is_empty(tmp_path):
     assert read_jsonl(tmp_path / "none.jsonl") == ([], [])
 
 
-def test_lock_refuses_a_second_writer(tmp_path):
+def test_lock_refuses_a_second_writer(tmp_path, hold_lock):
     ws = Workspace.at(tmp_path)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        ws.lock_path.write_text(json.dumps({"pid": other.pid, "command": "train"}))
-        with pytest.raises(WorkspaceLocked, match=r"train, pid \d+"), workspace_lock(ws, "generate"):
-            pass
-        assert ws.lock_path.exists()  # the live owner's lock is left alone
-    finally:
-        other.kill()
-        other.wait()
+    holder = hold_lock(tmp_path, "train")
+    with pytest.raises(WorkspaceLocked, match=rf"train, pid {holder.pid}"), workspace_lock(ws, "generate"):
+        pass
+    assert ws.lock_path.exists()  # the live owner's lock is left alone
 
 
-def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path):
+def test_lock_of_a_killed_process_is_taken_over(tmp_path, hold_lock):
     ws = Workspace.at(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    ws.lock_path.write_text(json.dumps({"pid": dead.pid, "command": "generate"}))
+    holder = hold_lock(tmp_path)
+    holder.kill()  # SIGKILL: no cleanup, the lock file stays behind
+    holder.wait()
+    assert ws.lock_path.exists()
     with workspace_lock(ws, "dataset"):
         assert json.loads(ws.lock_path.read_text())["command"] == "dataset"
     assert not ws.lock_path.exists()
+
+
+def test_leftover_lock_file_with_a_reused_pid_does_not_block(tmp_path):
+    ws = Workspace.at(tmp_path)
+    # A lock file from before a reboot, whose pid now belongs to an unrelated live process.
+    ws.lock_path.write_text(json.dumps({"pid": os.getpid(), "command": "generate"}))
+    with workspace_lock(ws, "train"):
+        assert json.loads(ws.lock_path.read_text())["command"] == "train"
 
 
 def test_lock_is_reentrant_and_released(tmp_path):
