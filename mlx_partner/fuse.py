@@ -223,6 +223,20 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _recover_swap(target: Path) -> None:
+    """Undo what a fuse killed inside _swap_into_place left: the previous model moved aside.
+
+    Killed between its two renames, the old model sits in .<name>.old-<pid> and the target is
+    missing: put it back, so models/<run>/ is whole again even if this fuse fails too. Any other
+    .old-* folder is a whole spare copy of a model, never to be used again: delete it.
+    """
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside and not target.exists() and (aside[-1] / "config.json").is_file():
+        os.replace(aside.pop(), target)
+    for stale in aside:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 # --- the stage -----------------------------------------------------------------------------------
 
 
@@ -252,6 +266,7 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
     base_path = resolve_model(base_ref, ws.root)
     system_prompt = manifest.get("system_prompt") or _read(run_dir / "system_prompt.txt")
     target = Path(output).expanduser().resolve() if output else ws.models_dir / run_dir.name
+    _recover_swap(target)
     base_config = read_config(base_path)
     on_cpu = is_cpu_backend()
     dtype = _output_dtype(base_config, on_cpu)
