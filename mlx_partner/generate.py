@@ -361,13 +361,19 @@ class _Runner:
                 tasks.put(None)
 
     def _resumable(self, jobs: list[Job]) -> tuple[str, dict[str, Job]] | None:
-        """A message batch a killed run submitted for some of these rounds, to collect, not resend."""
+        """A message batch a killed run submitted for some of these rounds, to collect, not resend.
+
+        A kill can land while the batch's results are being recorded: the rounds already recorded
+        are no longer to do, so only the custom_ids of the rounds still to do are collected (the
+        others' results are skipped, never counted twice) rather than paying for them all again.
+        """
         by_key = {job.round.key: job for job in jobs}
         for event in reversed(self.open_batches):
             keys = event.get("keys") or {}
-            if keys and set(keys.values()) <= set(by_key):
+            pending = {cid: key for cid, key in keys.items() if key in by_key}
+            if pending:
                 self.open_batches.remove(event)
-                return event["id"], {cid: by_key[key] for cid, key in keys.items()}
+                return event["id"], {cid: by_key[key] for cid, key in pending.items()}
         return None
 
     def run_batch_api(self, client: Any) -> None:
@@ -407,7 +413,9 @@ class _Runner:
                     }])
                 while batch.processing_status != "ended":
                     counts = batch.request_counts
-                    self.progress.status = f"message batch {batch.id}: {counts.succeeded + counts.errored}/{len(by_id)} processed"
+                    done = counts.succeeded + counts.errored + counts.canceled + counts.expired
+                    # the whole batch's size: a resumed one may hold rounds recorded before the kill
+                    self.progress.status = f"message batch {batch.id}: {done}/{done + counts.processing} processed"
                     self.progress.show()
                     time.sleep(self.settings.poll_interval)
                     batch = client.messages.batches.retrieve(batch.id)

@@ -258,9 +258,6 @@ def test_killed_batch_api_run_collects_its_message_batch(tmp_path):
         srv.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "generate.py _Runner._resumable collects an earlier message batch only if ALL its rounds are "
-    "still to do; killed after recording some of its results, the rest are sent (and paid for) again"))
 def test_batch_api_run_killed_while_collecting_resends_nothing(tmp_path):
     """The ledger as a kill leaves it in the middle of collecting a batch's results (made exact by
     cutting a finished run's ledger after the first result): one result recorded, one not."""
