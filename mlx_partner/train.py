@@ -183,6 +183,26 @@ class Data:
         return [len(t) for t, _ in self.train + self.valid]
 
 
+def check_dataset_hash(ws: Workspace) -> None:
+    """Refuse splits that data/dataset.json does not vouch for.
+
+    `dataset` replaces train, valid and test one file at a time and writes dataset.json last, so a
+    kill between two renames leaves splits from two different runs (an example can sit in both train
+    and valid) beside the old manifest, whose hash then no longer matches. Splits made by hand,
+    with no dataset.json, are taken as they are.
+    """
+    from .dataset import dataset_hash, load_manifest, manifest_path
+
+    if not manifest_path(ws).exists():
+        return
+    recorded = load_manifest(ws).get("hash")
+    if recorded and dataset_hash(ws) != recorded:
+        raise DatasetError(
+            f"The dataset files in {ws.data_dir} do not match data/dataset.json (an interrupted "
+            "`mlx-partner dataset`?); run `mlx-partner dataset` again."
+        )
+
+
 def load_data(ws: Workspace, tokenizer: Any, s: TrainSettings) -> Data:
     """Read data/train.jsonl and valid.jsonl and tokenize them as mlx-lm's ChatDataset does."""
     from mlx_lm.tuner.datasets import ChatDataset
@@ -190,6 +210,7 @@ def load_data(ws: Workspace, tokenizer: Any, s: TrainSettings) -> Data:
     train_path, valid_path = ws.split_path("train"), ws.split_path("valid")
     if not train_path.exists():
         raise DatasetError(f"No dataset in {ws.data_dir}: run `mlx-partner dataset` first.")
+    check_dataset_hash(ws)
     sets, digest, notes = {}, hashlib.sha256(), []
     for split, path in (("train", train_path), ("valid", valid_path)):
         records, bad = read_jsonl(path)
