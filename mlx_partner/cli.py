@@ -210,6 +210,8 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
     )
     if dry_run:
         prep = prepare(app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api)
+        for line in prep.skipped_lines(app.workspace.sources_dir):
+            click.echo(line, err=True)
         click.echo(format_plan(prep, settings.generate, batch_api))
         return
     with app.lock("generate"):

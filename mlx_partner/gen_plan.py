@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import GenerateSettings, SourcesSettings
@@ -34,7 +35,7 @@ from .gen_requests import (
     price_for,
     request_tokens,
 )
-from .sources import Batch, Document
+from .sources import Batch, Document, Skipped
 from .workspace import Workspace, read_jsonl
 
 # --- estimates ---------------------------------------------------------------------------------
@@ -121,6 +122,11 @@ class Prepared:
     done: dict[str, Any]
     estimate: Estimate
     previous_hashes: dict[str, str]
+    skipped: tuple[Skipped, ...] = ()  # files in sources/ left out, each with its reason
+
+    def skipped_lines(self, sources_dir: Path) -> list[str]:
+        """One "Skipped <path>: <reason>" line per file left out, for stderr (as `dataset` names bad lines)."""
+        return [f"Skipped {Path(sources_dir) / s.path}: {s.reason}" for s in self.skipped]
 
 
 def check_settings(settings: GenerateSettings) -> None:
@@ -156,7 +162,7 @@ def prepare(
 
     check_settings(settings)
     profile = load_profile(ws)
-    documents, _skipped = load_documents(ws.sources_dir)
+    documents, skipped = load_documents(ws.sources_dir)
     if not documents:
         raise SourceError(f"No documents to generate from in {ws.sources_dir}; add .md or .txt files there.")
     docs = {d.id: d for d in documents}
@@ -185,4 +191,5 @@ def prepare(
         done=done,
         estimate=estimate(plans, docs, profile, active, done, settings, batch_api=batch_api),
         previous_hashes=previous,
+        skipped=tuple(skipped),
     )

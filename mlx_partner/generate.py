@@ -509,6 +509,8 @@ def run_generate(
     check_credentials(os.environ)  # before any work
     drop_torn_lines(ws)
     prep = prepare(ws, settings, sources, force=force, batch_api=batch_api)
+    for line in prep.skipped_lines(ws.sources_dir):  # never left out silently
+        echo(line)
     runner = _Runner(ws, prep, settings, batch_api=batch_api, stream=stream, echo=echo)
     if force:
         append_jsonl(ws.ledger_path, [{"event": "reset", "batch": p.batch.id, "time": timestamp()}

@@ -100,8 +100,17 @@ def test_bad_documents_are_skipped_with_a_reason_and_generate_still_runs(api, tm
             reason = expected.removeprefix("skip").removeprefix(": ")
             assert reason in skipped[doc_id] and len(skipped[doc_id].splitlines()) == 1, (name, skipped[doc_id])
 
+    # generate names every file it leaves out on stderr, one line each, as `dataset` names bad lines
+    expected = sorted(f"Skipped {ws / 'sources' / path}: {reason}" for path, reason in skipped.items())
+    dry = invoke(ws, *GEN, "--dry-run")
+    assert dry.exit_code == 0 and api.requests == [], dry.output
+    assert sorted(line for line in dry.stderr.splitlines() if line.startswith("Skipped ")) == expected
+    assert "Skipped " not in dry.stdout
+
     result = invoke(ws, *GEN)
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert sorted(line for line in result.stderr.splitlines() if line.startswith("Skipped ")) == expected
+    assert "Skipped " not in result.stdout
     assert_files_whole(ws)
     cited = {s for p in jsonl_strict_all(ws) for s in p["sources"]}
     assert not cited & set(skipped), "no pair may cite a skipped file"
