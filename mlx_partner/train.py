@@ -157,13 +157,20 @@ def _new_run_name(adapters: Path) -> str:
 
 
 def _save(path: Path, arrays: dict[str, Any]) -> None:
-    """mx.save_safetensors, atomically (a reader never sees half a file)."""
+    """mx.save_safetensors, atomically (a reader never sees half a file, even after a power cut)."""
     import mlx.core as mx
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    mx.save_safetensors(str(tmp), arrays)
-    os.replace(tmp, path)
+    try:
+        mx.save_safetensors(str(tmp), arrays)
+        with open(tmp, "rb") as f:  # on disk before the rename makes it the file readers see
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 # --- data -------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +43,7 @@ from .train import (
     settings_record,
     should_stop,
 )
-from .workspace import Workspace, atomic_write_json, atomic_write_text
+from .workspace import Workspace, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 class _EarlyStop(Exception):
@@ -419,7 +418,8 @@ def train_run(ws: Workspace, s: TrainSettings, *, run_name: str | None, resume: 
     best = m.get("best")
     if best is None and outcome is None and rank0:
         # No validation after training began (a very short run): the final weights are all we have.
-        shutil.copyfile(run_dir / "checkpoints" / "last.safetensors", run_dir / "adapters.safetensors")
+        # A temp file, fsynced, then renamed: a kill never leaves a half-copied adapters file.
+        atomic_write_bytes(run_dir / "adapters.safetensors", (run_dir / "checkpoints" / "last.safetensors").read_bytes())
         notes.append("No validation ran after training began, so the adapters are the final weights.")
     status = "finished" if outcome is None else ("stopped" if isinstance(outcome, KeyboardInterrupt) else "failed")
     m.update({"status": status, "stopped_early": stopped_early, "iterations_done": done,

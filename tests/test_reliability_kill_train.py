@@ -210,3 +210,30 @@ def test_kill_during_the_trainers_final_save_leaves_a_resumable_run(tiny_model, 
     check_run_dir(run_dir)
     resumed = start_train(ws, env, tiny_model).wait(timeout=300)
     assert resumed.returncode == 0 and "Traceback" not in resumed.output, str(resumed)
+
+
+def test_adapters_copied_from_the_last_checkpoint_are_written_atomically(tiny_model, tmp_path, monkeypatch):
+    """With no validation after training began, adapters.safetensors is a copy of the last
+    checkpoint: written to a temp file and renamed into place, like every other weights file."""
+    import os
+    from dataclasses import replace
+
+    from mlx_partner.config import TrainSettings
+    from mlx_partner.train import run_train
+    from mlx_partner.trainloop import Monitor
+    from mlx_partner.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    write_data(ws)
+    monkeypatch.setattr(Monitor, "on_val_loss_report", lambda self, info: None)  # no validation ever lands
+    renamed: list[Path] = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(Path(dst)), real_replace(src, dst))[1])
+    s = replace(TrainSettings(), base_model=str(tiny_model), iters=4, steps_per_eval=2, batch_size=4,
+                learning_rate=1e-3, patience=0)
+    result = run_train(Workspace.at(ws), s, run_name="copy", progress=False)
+    run_dir = result.run_dir
+    assert result.status == "finished" and any("final weights" in n for n in result.notes), result.notes
+    assert run_dir / "adapters.safetensors" in renamed, "renamed into place, never copied over in place"
+    assert (run_dir / "adapters.safetensors").read_bytes() == (run_dir / "checkpoints" / "last.safetensors").read_bytes()
+    assert not [p.name for p in run_dir.rglob(".*") if p.is_file()], "no temp file left behind"
