@@ -647,11 +647,9 @@ def test_bad_fractions(ws, args, message):
     assert result.exit_code == 1 and message in result.stderr
 
 
-def test_workspace_locked(ws):
+def test_workspace_locked(ws, hold_lock):
     write_pairs(ws, synthetic_pairs([30]))
-    import os
-
-    (ws / ".mlx-partner.lock").write_text(json.dumps({"pid": os.getppid(), "command": "train"}))
+    hold_lock(ws, "train")
     result = invoke(ws)
     assert result.exit_code == 1 and "Another mlx-partner command (train" in result.stderr
 

@@ -318,11 +318,9 @@ def test_cli_resume_with_nothing_to_resume(tiny_model, tmp_path):
     assert r.exit_code == 1 and "No stopped run to resume" in r.output
 
 
-def test_cli_refuses_while_another_command_holds_the_workspace(tiny_model, tmp_path):
-    import os
-
+def test_cli_refuses_while_another_command_holds_the_workspace(tiny_model, tmp_path, hold_lock):
     write_data(tmp_path)
-    (tmp_path / ".mlx-partner.lock").write_text(json.dumps({"pid": os.getppid(), "command": "generate"}))
+    hold_lock(tmp_path, "generate")
     r = invoke(tmp_path, "--base-model", str(tiny_model), "--iters", "2")
     assert r.exit_code == 1 and "Another mlx-partner command (generate" in r.output
 
