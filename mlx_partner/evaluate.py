@@ -22,7 +22,6 @@ import hashlib
 import math
 import random
 import re
-import struct
 import sys
 import time
 import zlib
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .png import draw_text, png_bytes, text_width
 
 # --- word overlap ------------------------------------------------------------------------------
 
@@ -255,51 +256,6 @@ def probe_questions(source_texts: Iterable[str], n: int, seed: int = 0) -> list[
 
 # --- a tiny PNG bar chart (numpy + zlib; matplotlib is not a dependency) ----------------------
 
-# 3x5 pixel glyphs, one string of 15 bits per character, row by row.
-_GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
-    "8": "111101111101111", "9": "111101111001111", "A": "010101111101101", "B": "110101110101110",
-    "C": "011100100100011", "D": "110101101101110", "E": "111100110100111", "F": "111100110100100",
-    "G": "011100101101011", "H": "101101111101101", "I": "111010010010111", "J": "001001001101010",
-    "K": "101101110101101", "L": "100100100100111", "M": "101111111101101", "N": "110101101101101",
-    "O": "010101101101010", "P": "110101110100100", "Q": "010101101110011", "R": "110101110101101",
-    "S": "011100010001110", "T": "111010010010010", "U": "101101101101111", "V": "101101101101010",
-    "W": "101101111111101", "X": "101101010101101", "Y": "101101010010010", "Z": "111001010100111",
-    ".": "000000000000010", "-": "000000111000000", "%": "101001010100101", "/": "001001010100100",
-    ":": "000010000010000", "(": "010100100100010", ")": "010001001001010", "=": "000111000111000",
-    " ": "000000000000000",
-}
-
-
-def _draw_text(img: np.ndarray, x: int, y: int, text: str, color: Sequence[int], scale: int = 2) -> None:
-    """Draw `text` (upper-cased; unknown characters become spaces) with its top-left at (x, y)."""
-    for ch in text.upper():
-        bits = _GLYPHS.get(ch, _GLYPHS[" "])
-        for i, bit in enumerate(bits):
-            if bit == "1":
-                r, c = divmod(i, 3)
-                y0, x0 = y + r * scale, x + c * scale
-                img[max(y0, 0) : y0 + scale, max(x0, 0) : x0 + scale] = color
-        x += 4 * scale
-
-
-def _text_width(text: str, scale: int = 2) -> int:
-    return len(text) * 4 * scale - scale
-
-
-def png_bytes(img: np.ndarray) -> bytes:
-    """Encode an HxWx3 uint8 array as a PNG (8-bit RGB, no filtering)."""
-    height, width, _ = img.shape
-    raw = b"".join(b"\x00" + img[row].astype(np.uint8).tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
 SERIES_COLORS = ((150, 150, 150), (46, 110, 190), (230, 130, 40), (60, 160, 90))
 
 
@@ -308,18 +264,18 @@ def bar_chart(groups: Sequence[tuple[str, Sequence[float]]], series: Sequence[st
     """Grouped bars on a 0..1 scale: one group per metric, one bar per series; returns PNG bytes."""
     n = max(1, len(series))
     group_width = n * bar_width + 28
-    label_width = max((_text_width(label) for label, _ in groups), default=0)
+    label_width = max((text_width(label) for label, _ in groups), default=0)
     group_width = max(group_width, label_width + 12)
     left, top, bottom = 44, 36, 40
     width = left + group_width * max(1, len(groups)) + 16
-    legend_width = sum(_text_width(s) + 30 for s in series)
-    width = max(width, left + legend_width + 16, left + _text_width(title) + 16)
+    legend_width = sum(text_width(s) + 30 for s in series)
+    width = max(width, left + legend_width + 16, left + text_width(title) + 16)
     img = np.full((top + height + bottom, width, 3), 255, dtype=np.uint8)
     base_y = top + height
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):  # gridlines with labels
         y = base_y - round(tick * height)
         img[y, left:width - 8] = (225, 225, 225) if tick else (60, 60, 60)
-        _draw_text(img, 4, y - 5, f"{tick:.2f}".rstrip("0").rstrip(".") if tick else "0", (90, 90, 90))
+        draw_text(img, 4, y - 5, f"{tick:.2f}".rstrip("0").rstrip(".") if tick else "0", (90, 90, 90))
     for g, (label, values) in enumerate(groups):
         x0 = left + g * group_width + 14
         for s, value in enumerate(values):
@@ -329,15 +285,15 @@ def bar_chart(groups: Sequence[tuple[str, Sequence[float]]], series: Sequence[st
             color = SERIES_COLORS[s % len(SERIES_COLORS)]
             img[base_y - h : base_y, x : x + bar_width - 4] = color
             text = f"{round(v * 100)}"
-            _draw_text(img, x + (bar_width - 4 - _text_width(text, 1)) // 2, base_y - h - 8, text, (40, 40, 40), scale=1)
-        _draw_text(img, x0, base_y + 8, label, (40, 40, 40))
+            draw_text(img, x + (bar_width - 4 - text_width(text, 1)) // 2, base_y - h - 8, text, (40, 40, 40), scale=1)
+        draw_text(img, x0, base_y + 8, label, (40, 40, 40))
     x = left
     for s, name in enumerate(series):  # legend
         img[14:24, x : x + 10] = SERIES_COLORS[s % len(SERIES_COLORS)]
-        _draw_text(img, x + 14, 14, name, (40, 40, 40))
-        x += _text_width(name) + 30
+        draw_text(img, x + 14, 14, name, (40, 40, 40))
+        x += text_width(name) + 30
     if title:
-        _draw_text(img, left, base_y + 26, title, (90, 90, 90))
+        draw_text(img, left, base_y + 26, title, (90, 90, 90))
     return png_bytes(img)
 
 

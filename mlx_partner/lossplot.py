@@ -2,14 +2,12 @@
 
 Uses matplotlib when it is installed (the `plot` extra); otherwise draws the curves itself with
 numpy and writes the PNG with zlib, so a run always gets a picture without a plotting dependency.
-The fallback has no text: blue is train loss, orange (with dots) is validation loss, the dashed
-grey line is the base model's validation loss, and the y axis spans the losses seen.
+The fallback labels itself in a small pixel font: blue is train loss, orange (with dots) is
+validation loss, the dashed grey line is the base model's validation loss.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 TRAIN = (31, 119, 180)
@@ -86,7 +84,25 @@ def _draw(train, valid, base, width: int = 640, height: int = 400):
         if dots or len(pts) == 1:
             for x, y in pts:
                 img[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = color
+    _labels(img, (x0, x1), (y0, y1), (left, right, top, bottom), base is not None)
     return img
+
+
+def _labels(img, xrange, yrange, box, with_base: bool) -> None:
+    """Axis ranges and a legend in the small pixel font."""
+    from .png import draw_text, text_width
+
+    left, right, top, bottom = box
+    draw_text(img, 2, top - 2, f"{yrange[1]:.2f}", AXIS, scale=1)
+    draw_text(img, 2, bottom - 4, f"{yrange[0]:.2f}", AXIS, scale=1)
+    draw_text(img, left, bottom + 8, f"{xrange[0]:g}", AXIS, scale=1)
+    label = f"ITERATION {xrange[1]:g}"
+    draw_text(img, right - text_width(label, 1), bottom + 8, label, AXIS, scale=1)
+    x = left + 10
+    for name, color in (("TRAIN", TRAIN), ("VALID", VALID)) + ((("BASE VALID", AXIS),) if with_base else ()):
+        img[top + 2:top + 8, x:x + 10] = color
+        draw_text(img, x + 14, top + 2, name, AXIS, scale=1)
+        x += 14 + text_width(name, 1) + 16
 
 
 def _line(img, a: tuple[int, int], b: tuple[int, int], color: tuple[int, int, int]) -> None:
@@ -100,20 +116,8 @@ def _line(img, a: tuple[int, int], b: tuple[int, int], color: tuple[int, int, in
 
 
 def _write_png(path: Path, img) -> None:
-    """Write an RGB uint8 array as a PNG (filter 0 on every row), atomically."""
+    """Write an RGB uint8 array as a PNG, atomically."""
+    from .png import png_bytes
     from .workspace import atomic_write_bytes
 
-    height, width = img.shape[:2]
-    raw = b"".join(b"\x00" + img[y].tobytes() for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    png = (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"tEXt", b"Description\x00train loss (blue), valid loss (orange), base valid loss (dashed)")
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-    atomic_write_bytes(path, png)
+    atomic_write_bytes(path, png_bytes(img, "train loss (blue), valid loss (orange), base valid loss (dashed)"))
