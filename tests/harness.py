@@ -119,6 +119,23 @@ class Running:
                       read(self.out_path), read(self.err_path))
 
 
+def slow_replace_hook(folder: str) -> str:
+    """A sitecustomize.py that makes os.replace into `folder`/ pause for $RELIABILITY_SLOW_REPLACE
+    seconds in a child process, so a kill can land between two renames."""
+    return f'''
+"""Test hook (tests/harness.py): renames into {folder}/ take a while."""
+import os, time
+_pause = float(os.environ.get("RELIABILITY_SLOW_REPLACE") or 0)
+if _pause:
+    _real = os.replace
+    def _slow(src, dst, *args, **kwargs):
+        if os.sep + "{folder}" + os.sep in os.fspath(dst):
+            time.sleep(_pause)
+        return _real(src, dst, *args, **kwargs)
+    os.replace = _slow
+'''
+
+
 def start_cli(args: list[str], ws: Path, env: dict[str, str], logs: Path | None = None) -> Running:
     return Running(args, ws, env, logs or ws.parent / f"{ws.name}-logs")
 

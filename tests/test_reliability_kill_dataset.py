@@ -14,24 +14,22 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import TEST_KEY, cli_env, jsonl_strict, kill_when, make_workspace, run_cli, start_cli
+from harness import (
+    TEST_KEY,
+    cli_env,
+    jsonl_strict,
+    kill_when,
+    make_workspace,
+    run_cli,
+    slow_replace_hook,
+    start_cli,
+)
 
 from mlx_partner.cli import cli
 from mlx_partner.dataset import dataset_hash
 from mlx_partner.workspace import Workspace
 
-SLOW_REPLACE = '''
-"""Test hook (tests/test_reliability_kill_dataset.py): renames into data/ take a while."""
-import os, time
-_pause = float(os.environ.get("RELIABILITY_SLOW_REPLACE") or 0)
-if _pause:
-    _real = os.replace
-    def _slow(src, dst, *args, **kwargs):
-        if os.sep + "data" + os.sep in os.fspath(dst):
-            time.sleep(_pause)
-        return _real(src, dst, *args, **kwargs)
-    os.replace = _slow
-'''
+SLOW_REPLACE = slow_replace_hook("data")
 
 
 def questions(ws: Path, split: str) -> set[str]:

@@ -14,22 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import cli_env, kill_when, run_cli, start_cli
+from harness import cli_env, kill_when, run_cli, slow_replace_hook, start_cli
 
 from mlx_partner.cli import cli
 
-SLOW_REPLACE = '''
-"""Test hook (tests/test_reliability_kill_fuse.py): renames into models/ take a while."""
-import os, time
-_pause = float(os.environ.get("RELIABILITY_SLOW_REPLACE") or 0)
-if _pause:
-    _real = os.replace
-    def _slow(src, dst, *args, **kwargs):
-        if os.sep + "models" + os.sep in os.fspath(dst):
-            time.sleep(_pause)
-        return _real(src, dst, *args, **kwargs)
-    os.replace = _slow
-'''
+SLOW_REPLACE = slow_replace_hook("models")
 
 
 def check_model_dir(path: Path) -> None:
