@@ -666,9 +666,23 @@ def runs(app: App, as_json: bool) -> None:
     click.echo(format_runs(rows))
 
 
+def invoked_command(args: list[str]) -> str | None:
+    """The subcommand `args` names, past the group's own options; None for --help/--version."""
+    words = iter(args)
+    for arg in words:
+        if arg in ("-w", "--workspace"):
+            next(words, None)
+        elif arg in ("--help", "-h", "--version"):
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main() -> None:
     """Console entry point: a fast BLAS for MLX commands on Linux, then the CLI."""
-    if MLX_COMMANDS & set(sys.argv[1:]):
+    args = sys.argv[1:]
+    if invoked_command(args) in MLX_COMMANDS and not {"--help", "-h"} & set(args):
         from .blas import reexec_with_fast_blas
 
         reexec_with_fast_blas()
