@@ -103,7 +103,7 @@ def main() -> None:
 
     import mlx.core as mx
 
-    from mlx_partner.chat import ChatSession, context_window
+    from mlx_partner.chat.session import ChatSession, context_window
     from mlx_partner.models import load_model
 
     if args.model == "tiny":

@@ -72,7 +72,7 @@ def write_workspace(root: Path, seed: int = 0) -> None:
 
 def run(workspace: Path, concurrency: int):
     from mlx_partner.config import load_settings
-    from mlx_partner.generate import run_generate
+    from mlx_partner.generate.runner import run_generate
     from mlx_partner.workspace import Workspace
 
     ws = Workspace.at(workspace)
@@ -92,7 +92,7 @@ def main() -> None:
 
     import anthropic  # noqa: F401  (imported once, up front: ~1-5 s here, not part of the 40 requests)
 
-    from mlx_partner.generate import prepare
+    from mlx_partner.generate.plan import prepare
     from mlx_partner.workspace import Workspace, read_jsonl
 
     # The server runs in its own process: in this one it would compete for the GIL with the

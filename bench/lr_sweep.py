@@ -3,7 +3,7 @@ validation loss of each, in one process (the base model's validation loss is mea
 
 Uses the pieces of `mlx-partner train` (data loading with prompt masking, LoRA on the top layers,
 warmup + cosine schedule, mlx-lm's trainer) without the run folder, so a sweep costs only the
-training steps. This is how the default learning rate was chosen; see the record in train.py.
+training steps. This is how the default learning rate was chosen; see the record in train/schedule.py.
 
     python bench/lr_sweep.py --model /path/to/smollm2 --workspace . --lrs 1e-5,1e-4,3e-4 --iters 10
 """
@@ -35,8 +35,9 @@ def main() -> None:
 
     from mlx_partner.config import TrainSettings
     from mlx_partner.models import load_model
-    from mlx_partner.train import load_data, plan_schedule
-    from mlx_partner.trainloop import _build, _optimizer, quiet_trainer
+    from mlx_partner.train.data import load_data
+    from mlx_partner.train.loop import add_adapters, make_optimizer, quiet_trainer
+    from mlx_partner.train.schedule import plan_schedule
     from mlx_partner.workspace import Workspace
 
     ws = Workspace.at(a.workspace)
@@ -54,7 +55,7 @@ def main() -> None:
     for lr in [float(x) for x in a.lrs.split(",")]:
         s = dataclasses.replace(base, learning_rate=lr)
         model = load_model(a.model).model
-        _build(model, dataclasses.replace(s, num_layers=min(s.num_layers, len(model.layers))))
+        add_adapters(model, dataclasses.replace(s, num_layers=min(s.num_layers, len(model.layers))))
         sched = plan_schedule(len(data.train), s)
         mx.random.seed(0)
         np.random.seed(0)
@@ -74,7 +75,7 @@ def main() -> None:
         args = TrainingArgs(batch_size=s.batch_size, iters=sched.iters, steps_per_report=1,
                             steps_per_eval=10**9, steps_per_save=10**9, adapter_file=str(Path("/tmp") / f"lr-sweep-{lr}.safetensors"))
         with quiet_trainer([]):
-            train(model=model, optimizer=_optimizer(s, sched), train_dataset=data.train, val_dataset=None,
+            train(model=model, optimizer=make_optimizer(s, sched), train_dataset=data.train, val_dataset=None,
                   args=args, training_callback=Cb(losses))
         v = val(model)
         curve = " ".join(f"{x:.2f}" for x in losses)

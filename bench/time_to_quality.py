@@ -12,7 +12,7 @@ first validation at or below their best, so model loading counts on both sides.
     python bench/time_to_quality.py --model ~/.cache/mlx-partner/models/smollm2-135m-instruct --workspace .
     python bench/time_to_quality.py --model /tmp/tiny --workspace /tmp/ws --their-iters 20 --ours "--iters 20"
 
-The learning rate default was chosen with this data and SmolLM2-135M; see train.py for the record.
+The learning rate default was chosen with this data and SmolLM2-135M; see train/schedule.py for the record.
 """
 
 from __future__ import annotations

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .config import Settings, load_settings
+from .config import SECTIONS, Settings, load_settings
 from .errors import PartnerError
-from .workspace import Workspace, workspace_lock
+from .workspace import Workspace
 
 # Commands that run MLX; the console entry re-executes them once under a fast CPU BLAS.
 MLX_COMMANDS = {"dataset", "train", "fuse", "chat", "eval", "retrain", "demo", "models"}
@@ -36,11 +36,39 @@ class App:
             self._settings = load_settings(self.workspace.config_path)
         return self._settings
 
-    def lock(self, command: str):
-        return workspace_lock(self.workspace, command)
-
 
 pass_app = click.make_pass_decorator(App)
+
+
+class SettingOption(click.Option):
+    """A flag for one setting of config.py: its help comes from the field, and `--help` shows the
+    value in force for this workspace (defaults < partner.toml < environment), never a restated
+    default that partner.toml may have changed. None means "not given": the setting stands."""
+
+    def __init__(self, param_decls, *, setting: str, **kwargs):
+        self.section, self.key = setting.split(".")
+        spec = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
+        kwargs.setdefault("help", spec.metadata["help"])
+        kwargs.setdefault("default", None)
+        super().__init__(param_decls, **kwargs)
+
+    def get_help_record(self, ctx: click.Context):
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        app = ctx.find_object(App)
+        try:
+            value = getattr(getattr(app.settings if app else Settings(), self.section), self.key)
+        except PartnerError:  # a broken partner.toml: --help still works, with the defaults
+            value = getattr(getattr(Settings(), self.section), self.key)
+        shown = ",".join(f"{k}={v:g}" for k, v in value.items()) if isinstance(value, dict) else value
+        return record[0], f"{record[1]}  [now: {shown}]"
+
+
+def setting(*param_decls: str, **kwargs):
+    """`@setting("--epochs", key="train.epochs")`: a SettingOption."""
+    key = kwargs.pop("key")
+    return click.option(*param_decls, cls=SettingOption, setting=key, **kwargs)
 
 
 class PartnerGroup(click.Group):
@@ -132,9 +160,9 @@ def init(app: App, directory: Path | None) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print documents, batches and skipped files as JSON.")
-@click.option("--token-budget", type=click.IntRange(min=1), help="Largest batch sent in one request, in estimated tokens.")
-@click.option("--themes", type=click.IntRange(min=0), help="Number of automatic themes for unthemed documents (0 = choose).")
-@click.option("--seed", type=int, help="Seed for the automatic themes.")
+@setting("--token-budget", key="sources.token_budget", type=click.IntRange(min=1))
+@setting("--themes", key="sources.themes", type=click.IntRange(min=0))
+@setting("--seed", key="sources.seed", type=int)
 @pass_app
 def sources(app: App, as_json: bool, token_budget: int | None, themes: int | None, seed: int | None) -> None:
     """List your documents, their themes and batches, and the files left out.
@@ -149,7 +177,7 @@ def sources(app: App, as_json: bool, token_budget: int | None, themes: int | Non
     """
     import json
 
-    from .sources import format_report, survey
+    from .sources.survey import format_report, survey
 
     settings = app.settings.override("sources", token_budget=token_budget, themes=themes, seed=seed).sources
     report = survey(app.workspace, settings.token_budget, seed=settings.seed, themes=settings.themes)
@@ -175,12 +203,13 @@ def _mix_option(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @cli.command()
-@click.option("--model", help="Generator model (default from partner.toml: a current Claude Sonnet).")
-@click.option("--pairs", "pairs_total", type=click.IntRange(min=1), help="Pairs in all (default: about 9 per 1000 source words).")
-@click.option("--pairs-per-round", type=click.IntRange(min=1, max=50), help="Pairs asked for in one request.")
-@click.option("--mix", callback=_mix_option, help="Share of each kind, e.g. genuine=0.5,scenario=0.25,pushback=0.25.")
-@click.option("--concurrency", type=click.IntRange(min=1, max=64), help="Requests in flight at once (default 4).")
-@click.option("--output", type=click.Choice(["auto", "tool", "json"]), help="Forced tool use, JSON in text, or auto (tool, falling back to JSON).")
+@setting("--model", key="generate.model")
+@setting("--pairs", "pairs_total", key="generate.pairs_total", type=click.IntRange(min=1))
+@setting("--pairs-per-round", key="generate.pairs_per_round", type=click.IntRange(min=1, max=50))
+@setting("--mix", key="generate.mix", callback=_mix_option,
+         help="Share of each kind, e.g. genuine=0.5,scenario=0.25,pushback=0.25.")
+@setting("--concurrency", key="generate.concurrency", type=click.IntRange(min=1, max=64))
+@setting("--output", key="generate.output", type=click.Choice(["auto", "tool", "json"]))
 @click.option("--batch-api", is_flag=True, help="Send through the Message Batches API: half price, slower.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, tokens and estimated cost; send nothing.")
 @click.option("--force", is_flag=True, help="Regenerate everything: retire current pairs and send every request again.")
@@ -202,7 +231,9 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
       export ANTHROPIC_API_KEY=...             # never put the key in partner.toml
       mlx-partner generate --concurrency 8
     """
-    from .generate import format_plan, format_summary, prepare, run_generate
+    from .generate.plan import prepare
+    from .generate.report import format_plan, format_summary
+    from .generate.runner import run_generate
 
     settings = app.settings.override(
         "generate", model=model, pairs_total=pairs_total, pairs_per_round=pairs_per_round, mix=mix,
@@ -214,11 +245,10 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
             click.echo(line, err=True)
         click.echo(format_plan(prep, settings.generate, batch_api))
         return
-    with app.lock("generate"):
-        result = run_generate(
-            app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api,
-            echo=lambda line: click.echo(line, err=True),
-        )
+    result = run_generate(  # takes the workspace lock itself
+        app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api,
+        echo=lambda line: click.echo(line, err=True),
+    )
     click.echo(format_summary(result))
     if result.failed:
         sys.exit(1)
@@ -231,9 +261,9 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
 @click.option("--pairs", "pairs_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="More pairs: JSONL in the generate format or plain {question, answer}. Repeatable.")
 @click.option("--base-model", help="Model whose tokenizer and chat template are checked (default: [train] base_model).")
-@click.option("--valid-fraction", type=float, help="Share held out for validation (default 0.1).")
-@click.option("--test-fraction", type=float, help="Share held back for `eval`; 0 turns it off (default 0.1).")
-@click.option("--seed", type=int, help="Seed for the split.")
+@setting("--valid-fraction", key="dataset.valid_fraction", type=float)
+@setting("--test-fraction", key="dataset.test_fraction", type=float)
+@setting("--seed", key="dataset.seed", type=int)
 @click.option("--system-prompt", help="Use this system prompt instead of one drawn from profile.md.")
 @click.option("--keep-test", is_flag=True, help="Keep the pairs of the last test split in test (comparable evals).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -253,7 +283,7 @@ def dataset(app: App, pairs_files: tuple[Path, ...], base_model: str | None, val
     """
     import json
 
-    from .dataset import format_report, run_dataset
+    from .dataset.write import format_report, run_dataset
 
     settings = app.settings.override("dataset", valid_fraction=valid_fraction, test_fraction=test_fraction,
                                      seed=seed, system_prompt=system_prompt)
@@ -263,9 +293,8 @@ def dataset(app: App, pairs_files: tuple[Path, ...], base_model: str | None, val
         if live and (done == total or done % 25 == 0):
             click.echo(f"\rTokenizing examples: {done}/{total}", err=True, nl=done == total)
 
-    with app.lock("dataset"):
-        report = run_dataset(app.workspace, settings, extra_pairs=pairs_files, base_model=base_model,
-                             keep_test=keep_test, progress=progress)
+    report = run_dataset(app.workspace, settings, extra_pairs=pairs_files, base_model=base_model,
+                         keep_test=keep_test, progress=progress)
     for line in report.malformed[:20]:
         click.echo(f"Skipped {line}", err=True)
     if len(report.malformed) > 20:
@@ -281,21 +310,21 @@ def dataset(app: App, pairs_files: tuple[Path, ...], base_model: str | None, val
 
 
 @cli.command()
-@click.option("--base-model", help="Hub id, local mlx-lm folder, or a name from `models list` (default: partner.toml).")
-@click.option("--fine-tune-type", type=click.Choice(["lora", "dora", "full"]), help="LoRA (default), DoRA or full fine-tuning.")
-@click.option("--epochs", type=float, help="Passes over the training set (default 3).")
-@click.option("--iters", type=int, help="Iterations, instead of --epochs.")
-@click.option("--learning-rate", type=float, help="Peak learning rate, after warmup, then cosine decay (default 1e-4).")
-@click.option("--batch-size", type=int, help="Examples per step (default 4).")
-@click.option("--grad-accumulation", type=int, help="Steps whose gradients make one update (default 1).")
-@click.option("--lora-rank", type=int, help="LoRA rank (default 8).")
-@click.option("--num-layers", type=int, help="Layers to adapt, from the top; -1 = all (default 16).")
-@click.option("--max-seq-length", type=int, help="Longest example in tokens (default 2048).")
-@click.option("--steps-per-eval", type=int, help="Validate every N iterations (default: 8 times a run).")
-@click.option("--patience", type=int, help="Stop after N validations without improvement; 0 = never (default 3).")
-@click.option("--grad-checkpoint/--no-grad-checkpoint", default=None, help="Recompute activations to save memory.")
-@click.option("--mask-prompt/--no-mask-prompt", default=None, help="Train on the answers only (default on).")
-@click.option("--seed", type=int, help="Training seed.")
+@setting("--base-model", key="train.base_model")
+@setting("--fine-tune-type", key="train.fine_tune_type", type=click.Choice(["lora", "dora", "full"]))
+@setting("--epochs", key="train.epochs", type=float)
+@setting("--iters", key="train.iters", type=int)
+@setting("--learning-rate", key="train.learning_rate", type=float)
+@setting("--batch-size", key="train.batch_size", type=int)
+@setting("--grad-accumulation", key="train.grad_accumulation", type=int)
+@setting("--lora-rank", key="train.lora_rank", type=int)
+@setting("--num-layers", key="train.num_layers", type=int)
+@setting("--max-seq-length", key="train.max_seq_length", type=int)
+@setting("--steps-per-eval", key="train.steps_per_eval", type=int)
+@setting("--patience", key="train.patience", type=int)
+@setting("--grad-checkpoint/--no-grad-checkpoint", key="train.grad_checkpoint")
+@setting("--mask-prompt/--no-mask-prompt", key="train.mask_prompt")
+@setting("--seed", key="train.seed", type=int)
 @click.option("--run", "run_name", help="Name of the run folder under adapters/ (default: run-<date>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue a stopped run (--run NAME, or the newest) from its last checkpoint.")
 @click.option("--continue-from", help="Start from the adapters of an earlier run (name, or 'latest').")
@@ -317,7 +346,8 @@ def train(app: App, run_name: str | None, resume: bool, continue_from: str | Non
       mlx-partner train --base-model smollm2-135m-instruct --epochs 2
       python -m mlx_lm generate --model <base> --adapter-path adapters/latest --prompt "Hi"
     """
-    from .train import find_run, run_train
+    from .runs import find_run
+    from .train.run import run_train
 
     settings = app.settings.override("train", **flags)
     if continue_from == "latest":
@@ -355,12 +385,12 @@ def train(app: App, run_name: str | None, resume: bool, continue_from: str | Non
 @click.option("--model", "model_path", metavar="PATH", help="Talk to any mlx-lm model folder instead of a run.")
 @click.option("--base", is_flag=True, help="Talk to the untuned base model of the run, to compare.")
 @click.option("-p", "--prompt", "prompt", metavar="TEXT", help="Answer this one question and exit (stdout: only the answer).")
-@click.option("--temp", type=click.FloatRange(min=0), help="Sampling temperature, 0 = greedy.  [default: 0.7]")
-@click.option("--top-p", type=click.FloatRange(0, 1), help="Nucleus sampling.  [default: 0.9]")
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Longest reply, in tokens.  [default: 512]")
-@click.option("--max-kv-size", type=click.IntRange(min=0), help="Context tokens kept (0 = the model's window).")
-@click.option("--seed", type=int, help="Sampling seed.  [default: 0]")
-@click.option("--repetition-penalty", type=click.FloatRange(min=1), help="Above 1 discourages repeating recent tokens.  [default: 1, off]")
+@setting("--temp", key="chat.temperature", type=click.FloatRange(min=0))
+@setting("--top-p", key="chat.top_p", type=click.FloatRange(0, 1))
+@setting("--max-tokens", key="chat.max_tokens", type=click.IntRange(min=1))
+@setting("--max-kv-size", key="chat.max_kv_size", type=click.IntRange(min=0))
+@setting("--seed", key="chat.seed", type=int)
+@setting("--repetition-penalty", key="chat.repetition_penalty", type=click.FloatRange(min=1))
 @pass_app
 def chat(app: App, run_name: str | None, model_path: str | None, base: bool, prompt: str | None,
          temp: float | None, top_p: float | None, max_tokens: int | None, max_kv_size: int | None,
@@ -522,9 +552,8 @@ def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool,
     """
     from .fuse import run_fuse
 
-    with app.lock("fuse"):
-        result = run_fuse(app.workspace, run_name, output=output, export_gguf=export_gguf, quantize=quantize,
-                          tolerance=tolerance, log=lambda s: click.echo(s, err=True))
+    result = run_fuse(app.workspace, run_name, output=output, export_gguf=export_gguf, quantize=quantize,
+                      tolerance=tolerance, log=lambda s: click.echo(s, err=True))
     click.echo(f"Fused {result.run} into {result.model_dir} ({result.dtype}) in {result.seconds:.1f} s.")
     click.echo(f"Check passed: {result.check.line()}.")
     if result.gguf_path:
@@ -536,7 +565,8 @@ def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool,
 
 
 def _echo_eval(metrics: dict, out_dir: Path) -> None:
-    from .evaluate import comparison_rows, summary_rows, table
+    from .evaluate.report import comparison_rows, summary_rows
+    from .textfmt import table
 
     click.echo(table(["metric", "base", metrics["run"]], summary_rows(metrics)))
     comparison = metrics.get("comparison")
@@ -575,11 +605,10 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
       mlx-partner eval                         # the latest run, 20 questions
       mlx-partner eval --run run-2 --compare run-1 --limit 40
     """
-    from .evaluate import run_eval
+    from .evaluate.run import run_eval
 
-    with app.lock("eval"):
-        result = run_eval(app.workspace, app.settings, run_name, limit=limit, loss_limit=loss_limit, probes=probes,
-                          max_tokens=max_tokens, seed=seed, compare_with=compare_with, progress=not quiet)
+    result = run_eval(app.workspace, app.settings, run_name, limit=limit, loss_limit=loss_limit, probes=probes,
+                      max_tokens=max_tokens, seed=seed, compare_with=compare_with, progress=not quiet)
     _echo_eval(result.metrics, result.out_dir)
 
 

@@ -123,37 +123,36 @@ class Settings:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _from_env(value: str, kind: Any) -> Any:
+    """An environment variable's string as `kind`; ValueError when it is not one."""
+    if kind is bool:
+        if value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError(value)
+    if kind is dict:
+        return dict(_parse_pairs(value))
+    return kind(value)
+
+
+def _is_kind(value: Any, kind: Any) -> bool:
+    """A TOML value of the declared type (bool is not an int here; an int is a float)."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return kind in (bool, str, dict) and isinstance(value, kind)
+
+
 def _coerce(value: Any, kind: Any, where: str, key: str) -> Any:
     """Check (and for environment strings, convert) one value against its declared type."""
-    from_env = isinstance(value, str) and kind is not str
     try:
-        if kind is bool:
-            if from_env:
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            if isinstance(value, bool):
-                return value
-        elif kind is int:
-            if from_env:
-                return int(value)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        elif kind is float:
-            if from_env:
-                return float(value)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif kind is str:
-            if isinstance(value, str):
-                return value
-        elif kind is dict:
-            if from_env:
-                return dict(_parse_pairs(value))
-            if isinstance(value, dict):
-                return value
+        if isinstance(value, str) and kind is not str and kind in (bool, int, float, dict):
+            return _from_env(value, kind)
+        if _is_kind(value, kind):
+            return float(value) if kind is float else value
     except ValueError:
         pass
     name = getattr(kind, "__name__", str(kind))

@@ -17,7 +17,7 @@ so it cannot pass.
 
 `--gguf` exports a float16 GGUF for llama.cpp/Ollama/LM Studio. mlx-lm's exporter handles
 llama/mistral/mixtral with a SentencePiece tokenizer, but writes a vocabulary without merges for
-byte-level BPE models (SmolLM2, Llama 3), so those go through our own exporter in gguf.py (the
+byte-level BPE models (SmolLM2, Llama 3), so those go through our own exporter in gguf/ (the
 inverse of `models import`); anything else is refused with what to do instead.
 """
 
@@ -35,9 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
-from .workspace import Workspace, atomic_write_json, atomic_write_text, read_jsonl
+from .fsutil import recover_swap, swap_into_place
+from .gguf import writer as gguf_writer
+from .models import SIDECAR, is_cpu_backend, load_model, read_config, resolve_model
+from .runs import ADAPTER_WEIGHTS, SYSTEM_PROMPT, find_run, read_manifest
+from .textfmt import stderr, utc_now
+from .workspace import Workspace, atomic_write_json, atomic_write_text, read_jsonl, workspace_lock
 
-SIDECAR = "mlx_partner.json"
 FIXED_PROMPTS = (
     "What do you care about most in your work?",
     "Someone says your main idea is naive. What do you answer?",
@@ -52,10 +56,6 @@ TOLERANCE_FLOAT32 = 1e-2
 # In float16/bfloat16/re-quantized storage, rounding alone moves logits by a few tenths: accept up
 # to this share of the adapter's own effect on the logits (and at least TOLERANCE_FLOAT32).
 TOLERANCE_SHARE_OF_EFFECT = 0.1
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -213,84 +213,112 @@ def _save(path: Path, model: Any, tokenizer: Any, config: dict[str, Any]) -> Non
     tokenizer.save_pretrained(str(path))
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
-    if old is not None:
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_swap(target: Path) -> None:
-    """Undo what a fuse killed inside _swap_into_place left: the previous model moved aside.
-
-    Killed between its two renames, the old model sits in .<name>.old-<pid> and the target is
-    missing: put it back, so models/<run>/ is whole again even if this fuse fails too. Any other
-    .old-* folder is a whole spare copy of a model, never to be used again: delete it.
-    """
-    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if aside and not target.exists() and (aside[-1] / "config.json").is_file():
-        os.replace(aside.pop(), target)
-    for stale in aside:
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 # --- the stage -----------------------------------------------------------------------------------
 
 
-def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output: Path | None = None,
-             export_gguf: bool = False, quantize: bool = False, tolerance: float | None = None,
-             log: Callable[[str], None] = _stderr) -> FuseResult:
-    """Fuse a run (the latest by default) into models/<run>/ (or `output`), verified, atomically.
+@dataclass(frozen=True)
+class _Job:
+    """What one fuse works on, resolved and checked before anything heavy is loaded."""
 
-    quantize: re-quantize the fused weights like the base (Metal; a 4-bit base) when the check
-    still passes; otherwise the fused model stays in float and a note says why.
-    """
-    from .models import is_cpu_backend, load_model, read_config, resolve_model
-    from .train import find_run, read_manifest
+    run_dir: Path
+    manifest: dict[str, Any]
+    base_ref: str
+    base_path: Path
+    system_prompt: str
+    target: Path
+    float_dtype: str  # what the fused weights are stored in unless re-quantized
+    base_quant: dict[str, Any] | None  # the base's quantization entry, if it is quantized
+    fine_tune_type: str
 
-    started = time.perf_counter()
-    ws = ws if isinstance(ws, Workspace) else Workspace.at(ws)
+
+def _job(ws: Workspace, run_name: str | None, output: Path | None) -> _Job:
+    """The run to fuse (refused unless finished, with adapters and a base), its base and target."""
     run_dir = find_run(ws, run_name)
     manifest = read_manifest(run_dir)
     if manifest.get("status") not in (None, "finished"):
         raise ModelError(f"Run {run_dir.name} is '{manifest.get('status')}', not finished; resume it with "
                          f"`mlx-partner train --resume` or fuse another run with --run.")
-    if not (run_dir / "adapters.safetensors").exists():
-        raise ModelError(f"{run_dir} has no adapters.safetensors yet; train the run to the end first.")
+    if not (run_dir / ADAPTER_WEIGHTS).exists():
+        raise ModelError(f"{run_dir} has no {ADAPTER_WEIGHTS} yet; train the run to the end first.")
     base_ref = manifest.get("base_model_path") or manifest.get("base_model")
     if not base_ref:
         raise ModelError(f"The manifest of {run_dir.name} names no base model; it cannot be fused.")
     base_path = resolve_model(base_ref, ws.root)
-    system_prompt = manifest.get("system_prompt") or _read(run_dir / "system_prompt.txt")
+    system_prompt = manifest.get("system_prompt") or _read(run_dir / SYSTEM_PROMPT)
     target = Path(output).expanduser().resolve() if output else ws.models_dir / run_dir.name
-    _recover_swap(target)
+    recover_swap(target)
     base_config = read_config(base_path)
-    on_cpu = is_cpu_backend()
-    dtype = _output_dtype(base_config, on_cpu)
+    return _Job(run_dir, manifest, str(base_ref), base_path, system_prompt, target,
+                _output_dtype(base_config, is_cpu_backend()), base_config.get("quantization"),
+                manifest.get("settings", {}).get("fine_tune_type", "lora"))
+
+
+def _merge(job: _Job, requantize: bool) -> tuple[Any, Any, dict[str, Any], Any, dict[str, Any], str]:
+    """(float model, tokenizer, float config, model to save, its config, its dtype)."""
+    float_model, tokenizer, float_config = fuse_model(job.base_path, job.run_dir, job.float_dtype)
+    if not requantize:
+        return float_model, tokenizer, float_config, float_model, float_config, job.float_dtype
+    from mlx_lm.utils import quantize_model
+
+    quant = job.base_quant or {}
+    # nn.quantize works in place: quantize a second copy, keeping the float one to fall back on.
+    copy, _, copy_config = fuse_model(job.base_path, job.run_dir, job.float_dtype)
+    model, config = quantize_model(copy, copy_config, quant.get("group_size"), quant.get("bits"),
+                                   mode=quant.get("mode", "affine"))
+    return float_model, tokenizer, float_config, model, config, f"{quant.get('bits')}-bit"
+
+
+def _refusal(job: _Job, check: FuseCheck) -> ModelError:
+    what = ("its chat template differs from the base's" if not check.template_ok else
+            f"its logits differ from the adapter on the base by up to {check.max_abs_diff:.3g} "
+            f"(tolerance {check.tolerance:.3g}; the adapter moves them by {check.adapter_effect:.3g})")
+    name = job.run_dir.name
+    return ModelError(f"The fused model of {name} does not match its adapter: {what}; nothing was "
+                      f"written to {job.target} (chat with the adapter instead: `mlx-partner chat --run {name}`).")
+
+
+def _record(job: _Job, dtype: str, check: FuseCheck, gguf_path: Path | None, notes: list[str]) -> dict[str, Any]:
+    """What mlx_partner.json beside the fused model says: where it came from and how it checked."""
+    return {
+        "kind": "fuse", "run": job.run_dir.name, "adapters": str(job.run_dir),
+        "base_model": job.manifest.get("base_model"), "base_model_path": str(job.base_path),
+        "fine_tune_type": job.fine_tune_type,
+        "dtype": dtype, "check": {**asdict(check), "passed": check.passed},
+        "gguf": gguf_path.name if gguf_path else None, "notes": notes,
+        "created": utc_now(),
+    }
+
+
+def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output: Path | None = None,
+             export_gguf: bool = False, quantize: bool = False, tolerance: float | None = None,
+             log: Callable[[str], None] = stderr) -> FuseResult:
+    """Fuse a run (the latest by default) into models/<run>/ (or `output`), verified, atomically.
+
+    quantize: re-quantize the fused weights like the base (Metal; a 4-bit base) when the check
+    still passes; otherwise the fused model stays in float and a note says why. Holds the
+    workspace lock throughout.
+    """
+    started = time.perf_counter()
+    ws = ws if isinstance(ws, Workspace) else Workspace.at(ws)
+    with workspace_lock(ws, "fuse"):
+        job = _job(ws, run_name, output)
+        return _fuse(ws, job, export_gguf, quantize, tolerance, log, started)
+
+
+def _fuse(ws: Workspace, job: _Job, gguf: bool, quantize: bool, tolerance: float | None,
+          log: Callable[[str], None], started: float) -> FuseResult:
+    """Merge, write to a hidden folder, check it, then swap it into place (or refuse)."""
     notes: list[str] = []
-    base_quant = base_config.get("quantization")
+    base_quant, target = job.base_quant, job.target
     if base_quant:
         notes.append(f"The base is {base_quant.get('bits')}-bit: dequantized before the merge.")
     elif quantize:
         notes.append("The base is not quantized, so there is nothing to re-quantize: the fused model stays in float.")
-
-    requant = f", re-quantized to {base_quant.get('bits')}-bit if faithful" if quantize and base_quant else ""
-    log(f"Fusing {run_dir.name} ({manifest.get('settings', {}).get('fine_tune_type', 'lora')}) into "
-        f"{base_path.name} -> {target} ({dtype}{requant})")
-    float_model, tokenizer, float_config = fuse_model(base_path, run_dir, dtype)
-    model, config = float_model, float_config
     requantizing = bool(quantize and base_quant)
-    if requantizing:
-        from mlx_lm.utils import quantize_model
-
-        # nn.quantize works in place: quantize a second copy, keeping the float one to fall back on.
-        copy, _, copy_config = fuse_model(base_path, run_dir, dtype)
-        model, config = quantize_model(copy, copy_config, base_quant.get("group_size"), base_quant.get("bits"),
-                                       mode=base_quant.get("mode", "affine"))
-        dtype = f"{base_quant.get('bits')}-bit"
+    requant = f", re-quantized to {base_quant.get('bits')}-bit if faithful" if requantizing else ""
+    log(f"Fusing {job.run_dir.name} ({job.fine_tune_type}) into "
+        f"{job.base_path.name} -> {target} ({job.float_dtype}{requant})")
+    float_model, tokenizer, float_config, model, config, dtype = _merge(job, requantizing)
 
     for stale in target.parent.glob(f".{target.name}.fusing-*"):  # left by a killed fuse
         shutil.rmtree(stale, ignore_errors=True)
@@ -301,49 +329,38 @@ def run_fuse(ws: Workspace | Path | str, run_name: str | None = None, *, output:
             del model, float_model
             _release()
         log("Checking the fused model against the adapter on its base ...")
-        check = verify(ws, tmp, base_path, run_dir, system_prompt, dtype, tolerance, load_model)
+        check = verify(ws, tmp, job.base_path, job.run_dir, job.system_prompt, dtype, tolerance)
         log(f"  {check.line()}")
         if not check.passed and requantizing:
             notes.append(f"Re-quantizing to {dtype} lost the adapter ({check.max_abs_diff:.2f} > {check.tolerance:.2f}); kept it in float.")
             log(f"  {notes[-1]}")
             shutil.rmtree(tmp, ignore_errors=True)
-            model, config, dtype = float_model, float_config, _output_dtype(base_config, on_cpu)
+            model, config, dtype = float_model, float_config, job.float_dtype
             _save(tmp, model, tokenizer, config)
-            check = verify(ws, tmp, base_path, run_dir, system_prompt, dtype, tolerance, load_model)
+            check = verify(ws, tmp, job.base_path, job.run_dir, job.system_prompt, dtype, tolerance)
             log(f"  {check.line()}")
         if not check.passed:
-            what = ("its chat template differs from the base's" if not check.template_ok else
-                    f"its logits differ from the adapter on the base by up to {check.max_abs_diff:.3g} "
-                    f"(tolerance {check.tolerance:.3g}; the adapter moves them by {check.adapter_effect:.3g})")
-            raise ModelError(f"The fused model of {run_dir.name} does not match its adapter: {what}; nothing was "
-                             f"written to {target} (chat with the adapter instead: `mlx-partner chat --run {run_dir.name}`).")
+            raise _refusal(job, check)
         gguf_path = None
-        if export_gguf:
-            gguf_path, note = export_gguf_file(tmp, float_model if requantizing else None, float_config, run_dir.name)
+        if gguf:
+            gguf_path, note = export_gguf_file(tmp, float_model if requantizing else None, float_config,
+                                               job.run_dir.name)
             notes.append(note)
             log(f"  {note}")
-        if system_prompt:
-            atomic_write_text(tmp / "system_prompt.txt", system_prompt)
-        record = {
-            "kind": "fuse", "run": run_dir.name, "adapters": str(run_dir),
-            "base_model": manifest.get("base_model"), "base_model_path": str(base_path),
-            "fine_tune_type": manifest.get("settings", {}).get("fine_tune_type", "lora"),
-            "dtype": dtype, "check": {**asdict(check), "passed": check.passed},
-            "gguf": gguf_path.name if gguf_path else None, "notes": notes,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        atomic_write_json(tmp / SIDECAR, record)
-        _swap_into_place(tmp, target)
+        if job.system_prompt:
+            atomic_write_text(tmp / SYSTEM_PROMPT, job.system_prompt)
+        atomic_write_json(tmp / SIDECAR, _record(job, dtype, check, gguf_path, notes))
+        swap_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if gguf_path is not None:
         gguf_path = target / gguf_path.name
-    return FuseResult(run_dir.name, target, str(base_ref), dtype, check, gguf_path, tuple(notes),
+    return FuseResult(job.run_dir.name, target, job.base_ref, dtype, check, gguf_path, tuple(notes),
                       time.perf_counter() - started)
 
 
 def verify(ws: Workspace, fused_dir: Path, base_path: Path, run_dir: Path, system_prompt: str, dtype: str,
-           tolerance: float | None, load_model: Callable[..., Any]) -> FuseCheck:
+           tolerance: float | None) -> FuseCheck:
     """Load the fused folder as chat would and compare it with adapter-on-base (as training saw it).
 
     One model in memory at a time: the adapter on its base, then the fused model, then the base
@@ -396,8 +413,6 @@ def export_gguf_file(model_dir: Path, model: Any | None, config: dict[str, Any],
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from .gguf import export_gguf
-
     path = model_dir / f"{run}.gguf"
     instead = f"fuse without --gguf and convert models/{run}/ with llama.cpp's convert_hf_to_gguf.py"
     model_type = config.get("model_type")
@@ -410,7 +425,7 @@ def export_gguf_file(model_dir: Path, model: Any | None, config: dict[str, Any],
         if model_type != "llama":
             raise ModelError(f"--gguf: a byte-level BPE '{model_type}' model cannot be exported here; {instead}.")
         try:
-            meta = export_gguf(model_dir, path, weights=params, config=cfg)
+            meta = gguf_writer.export_gguf(model_dir, path, weights=params, config=cfg)
         except ModelError as exc:
             raise ModelError(f"--gguf: {exc} {instead[0].upper()}{instead[1:]}.") from None
         template = "with its chat template" if "tokenizer.chat_template" in meta else "without a chat template (the model has none)"

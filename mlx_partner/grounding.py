@@ -230,14 +230,14 @@ def _gist(question: str) -> str:
     return " ".join(kept) if len(kept) >= 2 else " ".join(tokens)
 
 
-def _grams(question: str, n: int = 4) -> Counter[str]:
+def question_grams(question: str, n: int = 4) -> Counter[str]:
     text = f" {_gist(question)} "
     return Counter(text[i : i + n] for i in range(max(1, len(text) - n + 1)))
 
 
 def similarity(a: str, b: str) -> float:
     """Cosine similarity of the character 4-grams of two questions' content words (1.0 = same)."""
-    return _cosine(_grams(a), _grams(b))
+    return _cosine(question_grams(a), question_grams(b))
 
 
 _DIM = 1 << 11  # hashed 4-gram space: small enough to be fast, collisions cost a percent or two
@@ -281,7 +281,7 @@ class QuestionIndex:
     def add(self, question: str, label: str = "") -> None:
         import numpy as np
 
-        grams = _grams(question)
+        grams = question_grams(question)
         if len(self._items) == len(self._matrix):
             self._matrix = np.concatenate([self._matrix, np.zeros_like(self._matrix)])
         self._matrix[len(self._items)] = _vector(grams)
@@ -293,7 +293,7 @@ class QuestionIndex:
 
         if not self._items:
             return None
-        grams = _grams(question)
+        grams = question_grams(question)
         vec = _vector(grams)
         nz = np.flatnonzero(vec)  # ~60 of the columns: a small product, no BLAS call
         approx = (self._matrix[: len(self._items), nz] * vec[nz]).sum(axis=1)

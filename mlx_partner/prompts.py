@@ -15,6 +15,7 @@ text folded the same way for templates with no system role (Gemma), think blocks
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import weakref
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DatasetError, ModelError
+from .models import is_model_dir, models_cache, resolve_model
 
 # --- prompts through the chat template (shared with `chat`) ------------------------------------
 
@@ -102,17 +104,13 @@ def load_base_tokenizer(ref: str, workspace_root: Path | None = None) -> tuple[A
     A hub id is looked up in the local hub cache, and otherwise only its tokenizer files are
     fetched (when the network allows), never the weights. Raises ModelError saying why not.
     """
-    import os
-
-    from .models import _is_model_dir, models_cache, resolve_model
-
     ref = str(ref).strip()
     is_hub = (ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
               and not Path(ref).expanduser().exists()
               and not (workspace_root is not None and (workspace_root / ref).exists())
-              and not _is_model_dir(models_cache() / ref))
+              and not is_model_dir(models_cache() / ref))
     if is_hub:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # lazy, like mlx-lm: ~100 ms to import
 
         try:
             path = Path(snapshot_download(ref, allow_patterns=_TOKENIZER_FILES, local_files_only=True))

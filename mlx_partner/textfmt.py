@@ -40,7 +40,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table: numeric columns right-aligned, the rest (and the first) left."""
     cells = [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in [list(headers), *cells]) for i in range(len(headers))]
-    right = [i > 0 and bool(cells) and all(is_numeric(r[i]) for r in cells) for i in range(len(headers))]
+    # A column of numbers is right-aligned; "-" and empty cells (no value) do not decide it.
+    right = [i > 0 and any(r[i] not in ("-", "") for r in cells)
+             and all(is_numeric(r[i]) or r[i] in ("-", "") for r in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if right[i] else c.ljust(w)

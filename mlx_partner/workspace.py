@@ -21,6 +21,8 @@ from typing import Any
 
 from .errors import PartnerError, WorkspaceLocked
 
+SYSTEM_PROMPT_FILE = "system_prompt.txt"  # in data/ and in every run folder: the same text
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -66,7 +68,7 @@ class Workspace:
 
     @property
     def system_prompt_path(self) -> Path:
-        return self.data_dir / "system_prompt.txt"
+        return self.data_dir / SYSTEM_PROMPT_FILE
 
     def split_path(self, split: str) -> Path:
         """`data/train.jsonl`, `data/valid.jsonl` or `data/test.jsonl`."""

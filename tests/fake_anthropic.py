@@ -254,7 +254,7 @@ class FakeAnthropic:
         if f.api_key is not None:
             given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
             if given != f.api_key:
-                return 401, _error("authentication_error", "invalid x-api-key"), {}, None
+                return 401, api_error("authentication_error", "invalid x-api-key"), {}, None
         if method == "POST" and path == "/v1/messages":
             return self._messages(body, f)
         if method == "POST" and path == "/v1/messages/batches":
@@ -262,7 +262,7 @@ class FakeAnthropic:
         m = re.fullmatch(r"/v1/messages/batches/([^/]+)(/results)?", path)
         if method == "GET" and m:
             return self._batch(m.group(1), bool(m.group(2)))
-        return 404, _error("not_found_error", f"no route {method} {path}"), {}, None
+        return 404, api_error("not_found_error", f"no route {method} {path}"), {}, None
 
     def _messages(self, body: dict[str, Any], f: Faults):
         key = _sha(json.dumps(body, sort_keys=True))
@@ -275,13 +275,13 @@ class FakeAnthropic:
         if attempt == 1:  # a fault on the first attempt only: the SDK's retry then succeeds
             headers = {"retry-after-ms": "10", "retry-after": "0"}
             if roll < f.rate_429:
-                return 429, _error("rate_limit_error", "slow down"), headers, None
+                return 429, api_error("rate_limit_error", "slow down"), headers, None
             if roll < f.rate_429 + f.rate_500:
-                return 500, _error("api_error", "internal error"), headers, None
+                return 500, api_error("api_error", "internal error"), headers, None
             if roll < f.rate_429 + f.rate_500 + f.rate_529:
-                return 529, _error("overloaded_error", "overloaded"), headers, None
+                return 529, api_error("overloaded_error", "overloaded"), headers, None
         if f.no_tools and body.get("tools"):
-            return 400, _error("invalid_request_error", "tools are not supported by this model"), {}, None
+            return 400, api_error("invalid_request_error", "tools are not supported by this model"), {}, None
         message = self.reply(body, f, key)
         return 200, message, {"request-id": "req_" + key[:20]}, None
 
@@ -458,7 +458,7 @@ class FakeAnthropic:
         with self._lock:
             state = self._state.batches.get(batch_id)
             if state is None:
-                return 404, _error("not_found_error", f"no batch {batch_id}"), {}, None
+                return 404, api_error("not_found_error", f"no batch {batch_id}"), {}, None
             if not results:
                 state["polls"] += 1
         if not results:
@@ -468,5 +468,5 @@ class FakeAnthropic:
         return 200, None, {}, lines.encode()
 
 
-def _error(kind: str, message: str) -> dict[str, Any]:
+def api_error(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}

@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlx_partner.chat import (
-    ChatSession,
-    ChatTarget,
-    common_prefix,
-    context_window,
-    handle_command,
-    resolve_target,
-    transcript_markdown,
-)
+from mlx_partner.chat.repl import handle_command
+from mlx_partner.chat.session import ChatSession, common_prefix, context_window
+from mlx_partner.chat.target import ChatTarget, resolve_target
+from mlx_partner.chat.transcript import transcript_markdown
 from mlx_partner.cli import cli
 from mlx_partner.errors import ModelError, PartnerError
 from mlx_partner.workspace import Workspace
@@ -266,7 +261,7 @@ def test_repl_ends_cleanly_at_end_of_input(model_dir, tmp_path):
 
 
 def test_ctrl_c_stops_a_reply_but_not_the_repl(model_dir, tmp_path, monkeypatch):
-    import mlx_partner.chat as chat
+    import mlx_partner.chat.session as chat
 
     real_ask = chat.ChatSession.ask
     calls = {"n": 0}
@@ -324,8 +319,8 @@ def test_cache_reuse_across_templates(template, tmp_path):
 def trained_ws(tiny_model, tmp_path_factory) -> Path:
     """A workspace with one short run on the tiny model, built by the real dataset and train stages."""
     from mlx_partner.config import Settings
-    from mlx_partner.dataset import run_dataset
-    from mlx_partner.train import run_train
+    from mlx_partner.dataset.write import run_dataset
+    from mlx_partner.train.run import run_train
 
     repo = Path(__file__).resolve().parent.parent
     root = tmp_path_factory.mktemp("trained-ws")
@@ -386,7 +381,7 @@ def test_a_fused_model_is_preferred(trained_ws, tiny_model, tmp_path):
 
 def test_before_any_dataset_a_model_gets_the_prompt_dataset_would_derive(tiny_model, tmp_path):
     from mlx_partner.config import Settings
-    from mlx_partner.dataset import resolve_system_prompt
+    from mlx_partner.dataset.system_prompt import resolve_system_prompt
 
     repo = Path(__file__).resolve().parent.parent
     shutil.copy(repo / "profile.md", tmp_path / "profile.md")

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from mlx_partner import __version__
 from mlx_partner.cli import cli
 from mlx_partner.config import SECTIONS, Settings, default_config_text, tomllib
-from mlx_partner.init import GITIGNORE, PROFILE_TEMPLATE
+from mlx_partner.init import GITIGNORE
+from mlx_partner.templates import PROFILE_TEMPLATE
 
 DOC = "# On Bread\n\nA loaf teaches patience, one bake at a time.\n"
 

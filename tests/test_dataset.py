@@ -17,28 +17,21 @@ from click.testing import CliRunner
 
 from mlx_partner.cli import cli
 from mlx_partner.config import Settings
-from mlx_partner.dataset import (
-    SPLITS,
-    Pair,
-    apportion,
+from mlx_partner.dataset.manifest import SPLITS, dataset_hash, load_manifest
+from mlx_partner.dataset.pairs import Pair, drop_duplicates, read_pairs
+from mlx_partner.dataset.splits import apportion, near_duplicate_groups, plan_splits
+from mlx_partner.dataset.stats import length_stats
+from mlx_partner.dataset.system_prompt import load_system_prompt, system_prompt_from_profile
+from mlx_partner.dataset.write import run_dataset
+from mlx_partner.errors import DatasetError
+from mlx_partner.prompts import (
     chat_messages,
-    dataset_hash,
-    drop_duplicates,
     encode_prompt,
     hygiene_checks,
-    length_stats,
     load_base_tokenizer,
-    load_manifest,
-    load_system_prompt,
-    near_duplicate_groups,
-    plan_splits,
-    read_pairs,
     render_prompt,
-    run_dataset,
-    system_prompt_from_profile,
     training_tokens,
 )
-from mlx_partner.errors import DatasetError
 from mlx_partner.workspace import Workspace, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -9,23 +10,13 @@ import zlib
 
 import pytest
 
-from mlx_partner.evaluate import (
-    ABSTAIN_PHRASE,
-    EvalExample,
-    bar_chart,
-    compare,
-    example_key,
-    fit_style,
-    is_abstention,
-    lcs_length,
-    png_bytes,
-    probe_questions,
-    rouge_l,
-    select_examples,
-    summarize,
-    word_f1,
-    words,
-)
+from mlx_partner.decline import DECLINE_PHRASE as ABSTAIN_PHRASE
+from mlx_partner.decline import is_decline as is_abstention
+from mlx_partner.evaluate.examples import EvalExample, example_key, select_examples
+from mlx_partner.evaluate.metrics import fit_style, lcs_length, rouge_l, word_f1, words
+from mlx_partner.evaluate.probes import probe_questions
+from mlx_partner.evaluate.summary import compare, summarize
+from mlx_partner.plots import bar_chart
 
 
 @pytest.mark.parametrize(
@@ -115,7 +106,7 @@ def test_is_abstention(answer, expected):
 
 
 def test_system_prompt_asks_for_what_the_probe_detects():
-    from mlx_partner.dataset import system_prompt_from_profile
+    from mlx_partner.dataset.system_prompt import system_prompt_from_profile
 
     prompt = system_prompt_from_profile("I am Ada Lovelace. I write about engines and poetry.")
     assert ABSTAIN_PHRASE in prompt
@@ -220,35 +211,29 @@ def test_compare_uses_only_shared_pairs():
 
 
 def _decode_png(data: bytes):
+    """(width, height, rows): each row a filter byte (0), then RGB pixels, however it was encoded."""
+    from PIL import Image
+
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
+    pos = 8
     while pos < len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
         kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        chunks[kind] = chunks.get(kind, b"") + body
         pos += 12 + length
-    width, height = struct.unpack(">II", chunks[b"IHDR"][:8])
-    raw = zlib.decompress(chunks[b"IDAT"])
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    width, height = image.size
+    pixels = image.tobytes()
+    raw = b"".join(b"\0" + pixels[y * 3 * width : (y + 1) * 3 * width] for y in range(height))
     assert len(raw) == height * (1 + 3 * width)
     return width, height, raw
 
 
-def test_png_bytes_round_trip():
-    import numpy as np
-
-    img = np.zeros((3, 2, 3), dtype=np.uint8)
-    img[1, 1] = (255, 0, 10)
-    width, height, raw = _decode_png(png_bytes(img))
-    assert (width, height) == (2, 3)
-    row = raw[1 * 7 : 2 * 7]
-    assert row[0] == 0 and row[4:7] == bytes([255, 0, 10])
-
-
-def test_bar_chart_draws_bars_of_the_right_height():
-    data = bar_chart([("F1", [0.0, 1.0]), ("STYLE", [0.5, 0.25])], ["base", "run-1"], height=100)
-    width, height, raw = _decode_png(data)
+def test_bar_chart_draws_bars_of_the_right_height(tmp_path):
+    path = tmp_path / "chart.png"
+    bar_chart(path, "", ["F1", "STYLE"], {"base": [0.0, 0.5], "run-1": [1.0, 0.25]}, "score", ylim=(0.0, 1.0))
+    width, height, raw = _decode_png(path.read_bytes())
     stride = 1 + 3 * width
     blue = bytes((46, 110, 190))
     rows_with_blue = sum(1 for y in range(height) if blue in raw[y * stride + 1 : (y + 1) * stride])
@@ -331,7 +316,7 @@ def test_eval_is_deterministic(trained, tmp_path):
 
 def test_score_model_reuses_cached_answers(trained):
     from mlx_partner.config import load_settings
-    from mlx_partner.evaluate import run_eval
+    from mlx_partner.evaluate.run import run_eval
     from mlx_partner.workspace import Workspace
 
     ws = Workspace.at(trained)
@@ -395,7 +380,7 @@ def test_eval_compare_needs_an_evaluated_run(trained):
 
 
 def test_batched_loss_equals_one_by_one(tiny_model):
-    from mlx_partner.evaluate import answer_loss, answer_losses
+    from mlx_partner.evaluate.scoring import answer_loss, answer_losses
     from mlx_partner.models import load_model
 
     loaded = load_model(tiny_model)

@@ -229,7 +229,7 @@ def test_cli_fuse_gguf_byte_level_round_trips_through_import(ws):
     import mlx.core as mx
     from mlx_lm.utils import load
 
-    from mlx_partner.gguf import read_header
+    from mlx_partner.gguf.header import read_header
     from mlx_partner.models import import_gguf
 
     result = CliRunner().invoke(cli, ["-w", str(ws.root), "fuse", "--gguf"])
@@ -269,7 +269,7 @@ def test_cli_fuse_gguf_refuses_what_it_cannot_write(tmp_path, tiny_model):
 
 def sentencepiece_variant(tiny_model: Path, dest: Path) -> Path:
     """The tiny model with a Llama-2-style tokenizer (byte-fallback BPE on '▁'), which mlx-lm exports right."""
-    from tiny_model import _training_text
+    from tiny_model import training_text
     from tokenizers import Tokenizer, decoders, models, normalizers, trainers
 
     shutil.copytree(tiny_model, dest)
@@ -278,7 +278,7 @@ def sentencepiece_variant(tiny_model: Path, dest: Path) -> Path:
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(_training_text(), trainer=trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+    tok.train_from_iterator(training_text(), trainer=trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
                                                                          show_progress=False))
     tok.save(str(dest / "tokenizer.json"))
     config = json.loads((dest / "tokenizer_config.json").read_text())
@@ -288,7 +288,7 @@ def sentencepiece_variant(tiny_model: Path, dest: Path) -> Path:
 
 
 def test_cli_fuse_gguf_where_mlx_lm_exports_right(tmp_path, tiny_model):
-    from mlx_partner.gguf import read_header
+    from mlx_partner.gguf.header import read_header
 
     base = sentencepiece_variant(tiny_model, tmp_path / "tiny-spm")
     root = tmp_path / "ws"

@@ -10,31 +10,30 @@ import pytest
 
 from mlx_partner.config import GenerateSettings
 from mlx_partner.errors import GenerationError
-from mlx_partner.generate import (
-    PROMPT_VERSION,
-    TOOL_NAME,
+from mlx_partner.generate.api import check_credentials, redact
+from mlx_partner.generate.ledger import finished_requests, plan_generation, stale_pairs
+from mlx_partner.generate.plan import estimate
+from mlx_partner.generate.replies import (
     Context,
-    allocate,
-    build_request,
-    check_credentials,
     cross_batch_duplicates,
-    default_total,
-    estimate,
-    finished_requests,
-    kind_counts,
-    normalise_mix,
     pair_id,
     parse_reply,
-    plan_generation,
+    review_pairs,
+)
+from mlx_partner.generate.requests import (
+    PROMPT_VERSION,
+    TOOL_NAME,
+    allocate,
+    build_request,
+    default_total,
+    kind_counts,
+    normalise_mix,
     plan_rounds,
     price_for,
-    redact,
     request_tokens,
-    review_pairs,
-    stale_pairs,
 )
 from mlx_partner.grounding import QuestionIndex
-from mlx_partner.sources import Batch, Chunk, Document
+from mlx_partner.sources.documents import Batch, Chunk, Document
 
 TEXT_A = (
     "Here is my claim: the ugly loaf is where the information is. A good loaf tells you that many "

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from mlx_partner.cli import cli
 from mlx_partner.config import GenerateSettings, SourcesSettings
-from mlx_partner.generate import prepare
+from mlx_partner.generate.plan import prepare
 from mlx_partner.workspace import Workspace, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent

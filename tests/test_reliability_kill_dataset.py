@@ -26,7 +26,7 @@ from harness import (
 )
 
 from mlx_partner.cli import cli
-from mlx_partner.dataset import dataset_hash
+from mlx_partner.dataset.manifest import dataset_hash
 from mlx_partner.workspace import Workspace
 
 SLOW_REPLACE = slow_replace_hook("data")

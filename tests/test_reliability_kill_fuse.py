@@ -80,16 +80,16 @@ def test_killed_fuse_leaves_no_half_model_and_a_rerun_finishes(trained):
 
 
 def test_a_model_moved_aside_by_a_killed_swap_is_put_back_and_spare_copies_go(tmp_path):
-    from mlx_partner.fuse import _recover_swap
+    from mlx_partner.fsutil import recover_swap
 
     models = tmp_path / "models"
     (models / ".f.old-111").mkdir(parents=True)
     (models / ".f.old-111" / "config.json").write_text("{}")
-    _recover_swap(models / "f")  # killed between the renames: the target is missing
+    recover_swap(models / "f")  # killed between the renames: the target is missing
     assert (models / "f" / "config.json").is_file() and not list(models.glob(".f.old-*"))
 
     (models / ".f.old-222").mkdir()
     (models / ".f.old-222" / "config.json").write_text("{}")
     (models / ".g.old-333").mkdir()  # another model's: not ours to touch
-    _recover_swap(models / "f")  # killed after the new model was in place: the old copy is spare
+    recover_swap(models / "f")  # killed after the new model was in place: the old copy is spare
     assert (models / "f").is_dir() and not list(models.glob(".f.old-*")) and (models / ".g.old-333").is_dir()

@@ -23,7 +23,7 @@ import pytest
 from fake_anthropic import FakeAnthropic
 from harness import cli_env, jsonl_strict, kill_when, line_count, make_workspace, run_cli, start_cli
 
-from mlx_partner.generate import PROMPT_VERSION
+from mlx_partner.generate.requests import PROMPT_VERSION
 from mlx_partner.workspace import read_jsonl
 
 ARGS = ["generate", "--pairs", "24", "--pairs-per-round", "3", "--concurrency", "2"]

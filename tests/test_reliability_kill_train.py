@@ -219,8 +219,8 @@ def test_adapters_copied_from_the_last_checkpoint_are_written_atomically(tiny_mo
     from dataclasses import replace
 
     from mlx_partner.config import TrainSettings
-    from mlx_partner.train import run_train
-    from mlx_partner.trainloop import Monitor
+    from mlx_partner.train.loop import Monitor
+    from mlx_partner.train.run import run_train
     from mlx_partner.workspace import Workspace
 
     ws = tmp_path / "ws"

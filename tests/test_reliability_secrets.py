@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from fake_anthropic import FakeAnthropic, _error
+from fake_anthropic import FakeAnthropic, api_error
 from harness import cli_env, make_workspace, run_cli, walk_files
 
 from mlx_partner.cli import cli
@@ -54,7 +54,7 @@ class EchoingServer(FakeAnthropic):
         if path == "/v1/messages":
             self.seen_keys.append(given)
             kind = "authentication_error" if self.status == 401 else "api_error"
-            return self.status, _error(kind, f"key {given} is not valid here (proxy echo: {given})"), {}, None
+            return self.status, api_error(kind, f"key {given} is not valid here (proxy echo: {given})"), {}, None
         return super()._route(method, path, body, headers, f)
 
 

@@ -12,22 +12,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlx_partner import sources as src
 from mlx_partner.cli import cli
 from mlx_partner.errors import SourceError
-from mlx_partner.init import PROFILE_TEMPLATE
-from mlx_partner.sources import (
-    Document,
-    chunk_document,
-    content_hash,
-    document_status,
-    estimate_tokens,
-    load_documents,
-    load_profile,
-    plan_batches,
-    recorded_source_hashes,
-    write_source_hashes,
-)
+from mlx_partner.sources import documents as src
+from mlx_partner.sources.batches import plan_batches
+from mlx_partner.sources.chunking import chunk_document
+from mlx_partner.sources.documents import Document, content_hash, estimate_tokens, load_documents
+from mlx_partner.sources.profile import load_profile
+from mlx_partner.sources.records import document_status, recorded_source_hashes, write_source_hashes
+from mlx_partner.templates import PROFILE_TEMPLATE
 from mlx_partner.workspace import Workspace
 
 REPO = Path(__file__).resolve().parent.parent

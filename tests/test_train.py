@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from mlx_partner.cli import cli
 from mlx_partner.config import TrainSettings
 from mlx_partner.errors import TrainingError
-from mlx_partner.train import find_run, read_manifest, run_train
+from mlx_partner.runs import find_run, read_manifest
+from mlx_partner.train.run import run_train
 from mlx_partner.workspace import Workspace
 
 SYSTEM = "You are Ada's thinking partner. Answer as Ada would, from her notes."
@@ -138,13 +139,13 @@ def test_latest_pointer_and_find_run(finished, tmp_path):
 
 
 def test_manifest_takes_the_dataset_hash_from_dataset_json(tmp_path):
-    from mlx_partner.train import Data, _dataset_info
+    from mlx_partner.train.data import Data, dataset_info
 
     ws = write_data(tmp_path)
     data = Data([], [], {"train": 0, "valid": 0, "test": 0}, "ab" * 32, SYSTEM, [])
-    assert _dataset_info(ws, data)["hash"] == "sha256:" + "ab" * 32
+    assert dataset_info(ws, data)["hash"] == "sha256:" + "ab" * 32
     (ws.data_dir / "dataset.json").write_text(json.dumps({"hash": "sha256:1234"}))
-    assert _dataset_info(ws, data)["hash"] == "sha256:1234"
+    assert dataset_info(ws, data)["hash"] == "sha256:1234"
 
 
 def test_early_stopping_stops_and_keeps_the_best(tiny_model, tmp_path):

@@ -11,7 +11,6 @@ import pytest
 
 from mlx_partner.config import TrainSettings
 from mlx_partner.errors import TrainingError
-from mlx_partner.lossplot import write_loss_png
 from mlx_partner.memory import (
     GB,
     Arch,
@@ -22,7 +21,8 @@ from mlx_partner.memory import (
     padded_length,
     suggest,
 )
-from mlx_partner.train import best_checkpoint, plan_schedule, should_stop
+from mlx_partner.plots import loss_plot as write_loss_png
+from mlx_partner.train.schedule import best_checkpoint, plan_schedule, should_stop
 
 
 @pytest.mark.parametrize(

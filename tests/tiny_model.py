@@ -73,7 +73,7 @@ TEMPLATES = {
 }
 
 
-def _training_text() -> list[str]:
+def training_text() -> list[str]:
     """A few KB of real prose for the tokenizer: the example documents, or a fallback."""
     texts = [p.read_text(encoding="utf-8", errors="ignore") for p in sorted((REPO / "sources").rglob("*.md"))]
     texts.append(
@@ -103,7 +103,7 @@ def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_training_text(), trainer=trainer)
+    tokenizer.train_from_iterator(training_text(), trainer=trainer)
     tokenizer.save(str(path / "tokenizer.json"))
 
     eos_id = tokenizer.token_to_id(spec["eos"])

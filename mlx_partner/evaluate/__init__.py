@@ -1,0 +1,80 @@
+"""The `evaluate` stage: does the tuned partner beat its base model on the author's held-out pairs?
+
+    result = run_eval(ws, settings, run="run-3", limit=20)   # writes eval/run-3/
+    print(table(["metric", "base", result.run], summary_rows(result.metrics)))
+
+Both the base model and base + the run's adapters are scored, deterministically (greedy decoding,
+a seeded selection), on:
+
+- loss and perplexity on the author's answers in the test (and valid) split, prompt masked exactly
+  as in training (mlx-lm's ChatDataset offsets);
+- generated answers against the reference answers: word-overlap F1 and ROUGE-L (pure Python LCS);
+- style: character n-gram TF-IDF cosine similarity of an answer to the author's sources (numpy);
+- groundedness: questions on topics absent from the sources, where the partner should say the
+  author has not written about it (`mlx_partner.decline`); the share of answers that do.
+
+Modules, each importing only those above it in this list:
+
+  metrics.py   pure text metrics: words, word F1, ROUGE-L, the style model
+  probes.py    the groundedness probe's questions, chosen from topics absent from the sources
+  examples.py  the held-out conversations, keyed by content, and a seeded selection of them
+  summary.py   means over one model's records; two runs compared on the pairs both share
+  scoring.py   one model over the examples (mlx): answer loss, greedy answers; the record cache
+  report.py    the CLI's summary rows, report.md and chart.png
+  run.py       run_eval (takes the workspace lock), read_metrics, metrics.json's name and version
+
+The names below are the stage's public API; code and tests inside the project import them from
+the module that defines them.
+"""
+
+from __future__ import annotations
+
+from .examples import EvalExample, example_key, load_examples, select_examples
+from .metrics import StyleModel, fit_style, lcs_length, rouge_l, word_f1, words
+from .probes import probe_questions
+from .report import comparison_rows, render_report, summary_rows, write_chart
+from .run import (
+    DEFAULT_LIMIT,
+    DEFAULT_LOSS_LIMIT,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PROBES,
+    METRICS_FILE,
+    METRICS_VERSION,
+    EvalResult,
+    read_metrics,
+    run_eval,
+)
+from .scoring import answer_loss, answer_losses, score_model
+from .summary import compare, summarize
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "DEFAULT_LOSS_LIMIT",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_PROBES",
+    "METRICS_FILE",
+    "METRICS_VERSION",
+    "EvalExample",
+    "EvalResult",
+    "StyleModel",
+    "answer_loss",
+    "answer_losses",
+    "compare",
+    "comparison_rows",
+    "example_key",
+    "fit_style",
+    "lcs_length",
+    "load_examples",
+    "probe_questions",
+    "read_metrics",
+    "render_report",
+    "rouge_l",
+    "run_eval",
+    "score_model",
+    "select_examples",
+    "summarize",
+    "summary_rows",
+    "word_f1",
+    "words",
+    "write_chart",
+]

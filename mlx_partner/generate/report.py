@@ -1,0 +1,144 @@
+"""What a generate run shows: the dry-run plan, the live progress line, and the summary.
+
+    print(format_plan(prep, settings))     # --dry-run
+    print(format_summary(result))          # after a run
+
+Progress goes to stderr; plans and summaries are returned as text for the CLI to print. `Echo`
+is how a run says one line (a note, a skipped file) to whoever called it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import GenerateSettings
+from ..grounding import KINDS
+from .plan import Prepared
+from .requests import Price, batch_words
+
+Echo = Callable[[str], None]
+
+
+def short_count(n: float) -> str:
+    """1234 -> '1.2k'; under 1000 as a whole number."""
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(int(n))
+
+
+def format_plan(prep: Prepared, settings: GenerateSettings, batch_api: bool = False) -> str:
+    """The dry-run report: batches, requests, tokens and cost. Nothing is sent."""
+    est = prep.estimate
+    lines = [f"Plan for {settings.model}{' via the Message Batches API (half price)' if batch_api else ''}:"]
+    lines.append(f"  {'batch':<28} {'docs':>4} {'words':>6} {'pairs':>5} {'kept':>4} {'rounds':>6} {'to send':>7}")
+    for p in prep.plans:
+        lines.append(
+            f"  {p.batch.id:<28} {len(p.batch.doc_ids):>4} {batch_words(p.batch):>6} {p.target:>5} "
+            f"{p.kept:>4} {len(p.rounds):>6} {len(p.todo):>7}"
+        )
+    total_rounds = sum(len(p.rounds) for p in prep.plans)
+    lines.append(f"  {len(prep.plans)} batches, {sum(p.target for p in prep.plans)} pairs, "
+                 f"{est.requests} of {total_rounds} requests to send ({total_rounds - est.requests} already done).")
+    if prep.stale:
+        lines.append(f"  {len(prep.stale)} pairs would be retired (their sources changed, were removed, or --force).")
+    lines.append(
+        f"Estimated tokens: {short_count(est.total_input)} input ({short_count(est.cache_read_input_tokens)} read from cache, "
+        f"{short_count(est.cache_creation_input_tokens)} written to cache, {short_count(est.input_tokens)} uncached), "
+        f"{short_count(est.output_tokens)} output."
+    )
+    note = "" if est.price.known else f" ({settings.model} is not a Claude model name: priced as Sonnet)"
+    lines.append(f"Estimated cost: ${est.cost:.2f}{note}.")
+    return "\n".join(lines)
+
+
+@dataclass
+class GenerateResult:
+    """What a run did, for the summary."""
+
+    model: str
+    accepted: int = 0
+    rejected: Counter = field(default_factory=Counter)  # by reason code
+    per_batch: dict[str, Counter] = field(default_factory=dict)
+    per_kind: Counter = field(default_factory=Counter)
+    usage: Counter = field(default_factory=Counter)
+    cost: float = 0.0
+    requests: int = 0  # sent, including re-asks
+    already_done: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    retired: int = 0
+    active_total: int = 0
+    notes: list[str] = field(default_factory=list)
+    price: Price | None = None
+
+
+def format_summary(res: GenerateResult) -> str:
+    """What a run did: pairs by reason and kind, each batch's requests, tokens and cost."""
+    lines = [f"Accepted {res.accepted} pairs this run ({res.active_total} active in all); "
+             f"rejected {sum(res.rejected.values())}."]
+    if res.rejected:
+        lines.append("Rejected by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(res.rejected.items())))
+    if res.per_kind:
+        lines.append("Accepted by kind: " + ", ".join(f"{k} {res.per_kind[k]}" for k in KINDS if res.per_kind[k]))
+    if res.per_batch:
+        lines.append(f"  {'batch':<28} {'requests':>8} {'accepted':>8} {'rejected':>8}  status")
+        for batch_id, c in res.per_batch.items():
+            status = f"FAILED: {res.failed[batch_id]}" if batch_id in res.failed else "ok"
+            lines.append(f"  {batch_id:<28} {c['requests']:>8} {c['accepted']:>8} {c['rejected']:>8}  {status}")
+    u = res.usage
+    lines.append(
+        f"Requests: {res.requests} sent, {res.already_done} already done earlier. Tokens: "
+        f"{short_count(u['input_tokens'] + u['cache_creation_input_tokens'] + u['cache_read_input_tokens'])} input "
+        f"({short_count(u['cache_read_input_tokens'])} from cache), {short_count(u['output_tokens'])} output. "
+        f"Estimated cost: ${res.cost:.2f}"
+        + ("" if res.price is None or res.price.known else f" (priced as Sonnet: {res.model} is not a known model family)")
+        + "."
+    )
+    if res.retired:
+        lines.append(f"Retired {res.retired} pairs whose sources changed (see data/retired.jsonl).")
+    lines += res.notes
+    if res.failed:
+        lines.append(f"Failed batches, retried on the next run: {', '.join(sorted(res.failed))}.")
+    return "\n".join(lines)
+
+
+class Progress:
+    """A live line on stderr: requests, pairs, tokens, elapsed, ETA. A TTY gets it redrawn in
+    place; a pipe or log gets a line at most every few seconds."""
+
+    def __init__(self, total: int, stream: Any = None, every: float = 5.0) -> None:
+        self.total, self.done, self.accepted, self.rejected, self.tokens = total, 0, 0, 0, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = self.last = time.monotonic()
+        self.every = every
+        self.status = ""
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0
+        fmt = lambda s: f"{int(s) // 60}:{int(s) % 60:02d}"  # noqa: E731
+        extra = f" · {self.status}" if self.status else ""
+        return (
+            f"requests {self.done}/{self.total} · pairs {self.accepted} accepted, {self.rejected} rejected · "
+            f"{short_count(self.tokens)} tokens · {fmt(elapsed)} elapsed · ETA {fmt(eta) if self.done else '?'}{extra}"
+        )
+
+    def show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\033[K" + self.line())
+            self.stream.flush()
+        elif force or now - self.last >= self.every:
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
+            self.last = now
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + self.line() + "\n")
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()

@@ -1,0 +1,244 @@
+"""One generate run's state, and what it does with each outcome: the ledger line, the pairs and
+rejections it writes, and the batch's next request.
+
+    session = Session(ws, prep, settings, batch_api=False, stream=None, echo=print)
+    follow = session.handle(job, ("reply", message, request_id))   # the next Job, or None
+
+`send.py` makes the network calls and hands every outcome to `handle`, in one thread, so the
+files are only ever written from here, in the order the replies arrive.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import GenerateSettings
+from ..errors import GenerationError
+from ..grounding import QuestionIndex
+from ..textfmt import utc_now
+from ..workspace import Workspace, append_jsonl, atomic_write_jsonl, read_jsonl
+from .api import check_credentials, describe_api_error, error_message, redact, rejects_tools
+from .ledger import (
+    BatchPlan,
+    append_ledger,
+    asked_before,
+    load_active_pairs,
+    unfinished_message_batches,
+)
+from .plan import Prepared
+from .replies import Context, cross_batch_duplicates, parse_reply, review_pairs
+from .report import Echo, GenerateResult, Progress
+from .requests import PROMPT_VERSION, Round, build_request, price_for
+
+# What a request came back as: ("reply", message dict, request id), ("error", SDK error, request
+# id), ("batch-error", reason, None) from a message batch, or ("crash", exception, None).
+Outcome = tuple[str, Any, str | None]
+
+
+@dataclass
+class Job:
+    """The next request of one batch: which round, which attempt, why it is asked again."""
+
+    plan: BatchPlan
+    step: int = 0
+    attempt: int = 0
+    retry_note: str = ""
+    mode: str = "tool"  # how its last request asked for output
+
+    @property
+    def round(self) -> Round:
+        return self.plan.todo[self.step]
+
+
+class Session:
+    """One run's state: what is left to send, the questions seen per batch, the result so far.
+    `handle` records one outcome and says what to send next; `send.py` sends."""
+
+    def __init__(self, ws: Workspace, prep: Prepared, settings: GenerateSettings, *, batch_api: bool,
+                 stream: Any, echo: Echo) -> None:
+        self.ws, self.prep, self.settings, self.batch_api, self.echo = ws, prep, settings, batch_api, echo
+        self.mode = "json" if settings.output == "json" else "tool"
+        self.ctx = Context(settings.model, prep.hashes)
+        self.price = price_for(settings.model)
+        self.done = dict(prep.done)
+        self.result = GenerateResult(model=settings.model, price=self.price)
+        self.credential = check_credentials(os.environ)
+        self.base_url = ""
+        self.seen: dict[str, QuestionIndex] = {}
+        self.accepted_at: dict[str, set[tuple[str, int, int]]] = {}
+        for plan in prep.plans:
+            if plan.todo:
+                self.result.per_batch[plan.batch.id] = Counter()
+            index = QuestionIndex()
+            for pair in prep.active.get(plan.batch.id, ()):
+                index.add(pair["question"], plan.batch.id)
+            self.seen[plan.batch.id] = index
+            self.accepted_at[plan.batch.id] = {
+                (p.get("batch_sha", ""), p.get("round", -1), p.get("position", -1)) for p in prep.active.get(plan.batch.id, ())
+            }
+        ledger, _ = read_jsonl(ws.ledger_path)
+        self.open_batches = unfinished_message_batches(ledger)
+        rejected, _ = read_jsonl(ws.rejected_path)
+        self.rejected_at = {(r.get("batch"), r.get("batch_sha"), r.get("round"), r.get("position")) for r in rejected}
+        todo = sum(len(p.todo) for p in prep.plans)
+        self.progress = Progress(todo, stream)
+        self.result.already_done = sum(len(p.rounds) - len(p.todo) for p in prep.plans)
+
+    # -- one request --
+
+    def params(self, job: Job) -> dict[str, Any]:
+        """The request for a job's round, in the run's current output mode."""
+        plan = job.plan
+        job.mode = self.mode
+        asked = asked_before(plan, job.round, self.prep.active.get(plan.batch.id, ()), self.done)
+        return build_request(
+            job.round, plan.batch, self.prep.docs, self.prep.profile, asked,
+            model=self.settings.model, max_tokens=self.settings.max_tokens, mode=self.mode,
+            retry_note=job.retry_note,
+        )
+
+    def log_request(self, job: Job, status: str, *, usage: Mapping[str, Any] | None = None,
+                    request_id: str | None = None, error: str = "", **extra: Any) -> dict[str, Any]:
+        """Write the ledger line of one request and count its tokens and cost."""
+        usage = {k: int((usage or {}).get(k) or 0) for k in
+                 ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
+        cost = self.price.cost(usage, self.batch_api)
+        rnd, batch = job.round, job.plan.batch
+        record = {
+            "key": rnd.key, "batch": batch.id, "batch_sha": batch.sha256, "round": rnd.index,
+            "attempt": job.attempt, "model": self.settings.model, "prompt_version": PROMPT_VERSION,
+            "mode": job.mode, "batch_api": self.batch_api, **usage, "cost_usd": round(cost, 6),
+            "status": status, "request_id": request_id,
+            "source_hashes": {d: self.prep.hashes[d] for d in batch.doc_ids if d in self.prep.hashes},
+            "time": utc_now(),
+        }
+        if error:
+            record["error"] = redact(error)
+        record.update(extra)
+        append_ledger(self.ws, [record])
+        self.result.usage.update(usage)
+        self.result.cost += cost
+        self.result.requests += 1
+        self.result.per_batch.setdefault(batch.id, Counter())["requests"] += 1
+        self.progress.tokens += sum(usage.values())
+        return record
+
+    def fail(self, job: Job, reason: str) -> None:
+        """Give up on the job's batch for this run (the next run sends its rounds again)."""
+        self.result.failed[job.plan.batch.id] = redact(reason)
+        self.progress.done += len(job.plan.todo) - job.step
+
+    def _switch_to_json(self, why: str) -> None:
+        if self.mode != "json":
+            self.mode = "json"
+            note = f"Switched to JSON-in-text output: {why}."
+            self.result.notes.append(note)
+            self.echo(note)
+
+    def handle(self, job: Job, outcome: Outcome) -> Job | None:
+        """Record one outcome; return the batch's next job, or None when the batch is through."""
+        kind, value, request_id = outcome
+        if kind == "error":
+            return self._api_error(job, value, request_id)
+        if kind == "batch-error":
+            self.log_request(job, "failed", request_id=request_id, error=str(value))
+            self.fail(job, str(value))
+            return None
+        message: dict[str, Any] = value
+        usage = message.get("usage") or {}
+        auto = self.settings.output == "auto"
+        try:
+            raws, how = parse_reply(message, job.mode)
+        except ValueError as exc:
+            if job.mode == "tool" and auto and "no tool call" in str(exc):
+                self._switch_to_json("the endpoint answered without the tool")
+            job.attempt += 1
+            if job.attempt <= self.settings.validation_retries:
+                self.log_request(job, "invalid", usage=usage, request_id=request_id, error=str(exc))
+                job.retry_note = str(exc)
+                return job
+            job.attempt -= 1
+            self.log_request(job, "failed", usage=usage, request_id=request_id, error=f"{exc} (after {job.attempt + 1} tries)")
+            self.fail(job, f"no usable reply after {job.attempt + 1} tries ({exc})")
+            return None
+        if how == "text-fallback" and auto:
+            self._switch_to_json("the endpoint answered in text instead of calling the tool")
+        self._record_pairs(job, raws, usage, request_id)
+        self.progress.done += 1
+        if job.step + 1 < len(job.plan.todo):
+            return Job(job.plan, job.step + 1)
+        return None
+
+    def _api_error(self, job: Job, exc: Any, request_id: str | None) -> Job | None:
+        """An SDK error the SDK gave up on: switch to JSON, end the run, or fail the batch."""
+        if rejects_tools(exc) and job.mode == "tool" and self.settings.output == "auto":
+            self.log_request(job, "error", request_id=request_id, error=error_message(exc))
+            self._switch_to_json("the endpoint does not accept tools")
+            return job
+        fatal, message = describe_api_error(exc, self.base_url, self.credential)
+        if fatal:
+            raise GenerationError(redact(message))
+        if rejects_tools(exc) and job.mode == "tool":
+            message += " (the endpoint may not support tools: try --output json)"
+        self.log_request(job, "failed", request_id=request_id, error=message)
+        self.fail(job, message)
+        return None
+
+    def _record_pairs(self, job: Job, raws: Sequence[Any], usage: Mapping[str, Any], request_id: str | None) -> None:
+        batch, rnd = job.plan.batch, job.round
+        already = self.accepted_at[batch.id]
+        skip = {pos for pos in range(len(raws)) if (batch.sha256, rnd.index, pos) in already}
+        reviewed = review_pairs(raws, batch, rnd, self.ctx, self.seen[batch.id], skip)
+        accepted = [r for r, why in reviewed if why is None]
+        new_pairs = [r for r in accepted if r["position"] not in skip]
+        rejected = [
+            {**r, "reason": why.code, "detail": why.detail}
+            for r, why in reviewed
+            if why is not None and (batch.id, batch.sha256, rnd.index, r["position"]) not in self.rejected_at
+        ]
+        # Pairs first, then the ledger: a kill in between redoes the request, and the positions
+        # already written are recognised and skipped rather than written twice.
+        append_jsonl(self.ws.pairs_dir / f"{batch.id}.jsonl", new_pairs)
+        append_jsonl(self.ws.rejected_path, rejected)
+        for r in new_pairs:
+            already.add((batch.sha256, rnd.index, r["position"]))
+        for r in rejected:
+            self.rejected_at.add((batch.id, batch.sha256, rnd.index, r["position"]))
+        record = self.log_request(
+            job, "ok", usage=usage, request_id=request_id,
+            questions=[r["question"] for r in accepted], accepted=len(accepted), rejected=len(reviewed) - len(accepted),
+        )
+        self.done[rnd.key] = record
+        stats = self.result.per_batch.setdefault(batch.id, Counter())
+        stats["accepted"] += len(new_pairs)
+        stats["rejected"] += len(rejected)
+        self.result.accepted += len(new_pairs)
+        self.result.per_kind.update(r["type"] for r in new_pairs)
+        self.result.rejected.update(r["reason"] for r in rejected)
+        self.progress.accepted += len(new_pairs)
+        self.progress.rejected += len(rejected)
+
+    # -- after the requests --
+
+    def dedupe_across_batches(self) -> None:
+        """Drop pairs that nearly repeat a question of an earlier batch (batch order decides)."""
+        order = {p.batch.id: i for i, p in enumerate(self.prep.plans)}
+        active = load_active_pairs(self.ws)
+        ordered = [p for b in sorted(active, key=lambda b: (order.get(b, len(order)), b)) for p in active[b]]
+        losers = cross_batch_duplicates(ordered)
+        if not losers:
+            return
+        gone = {id(ordered[i]) for i, _ in losers}
+        append_jsonl(self.ws.rejected_path, [{**ordered[i], "reason": "duplicate", "detail": d} for i, d in losers])
+        for batch_id, pairs in active.items():
+            if any(id(p) in gone for p in pairs):
+                atomic_write_jsonl(self.ws.pairs_dir / f"{batch_id}.jsonl", [p for p in pairs if id(p) not in gone])
+        for i, _ in losers:
+            batch_id = ordered[i]["batch"]
+            self.result.rejected["duplicate"] += 1
+            self.result.per_batch.setdefault(batch_id, Counter())["rejected"] += 1
+        self.result.notes.append(f"Dropped {len(losers)} pairs that nearly repeat a question of another batch.")

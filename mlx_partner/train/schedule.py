@@ -1,0 +1,156 @@
+"""The pure half of `train`: epochs -> iterations, the learning-rate schedule, early stopping.
+
+Nothing here touches a file or MLX, so every rule is a table-driven test (tests/test_train_plan.py).
+Small-data defaults: epochs become iterations, warmup then cosine decay, validation about 8 times
+a run over the whole valid set, the best validation kept, early stopping with patience.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainSettings
+from ..errors import TrainingError
+from ..memory import Knobs
+
+# The default learning rate (1e-4, in config.py) was chosen by experiment on SmolLM2-135M (float32,
+# CPU) with the example data (examples/pairs.jsonl: 48 train, 6 valid; bench/lr_sweep.py, 4
+# iterations at batch 1, answer-only validation loss from 3.852):
+#     lr 1e-5 (mlx-lm's default) -> 3.823    lr 1e-4 -> 3.667    lr 3e-4 -> 3.597
+# 1e-5 barely moves in a short run; 1e-4 moves 6x as far. 3e-4 goes a little further still in 4
+# steps, but over a 3-epoch run on a few hundred pairs it overfits sooner, and an earlier, longer
+# run (DESIGN.md) found 1e-4 took SmolLM2's val loss from 3.74 to 0.35 in 60 steps. So: 1e-4,
+# with 10% warmup and cosine decay to 1e-5, the best validation checkpoint kept, early stopping.
+VALIDATIONS_PER_RUN = 8
+KEEP_CHECKPOINTS = 2  # periodic checkpoints kept on disk (each: adapters + optimizer state)
+WARMUP_START = 0.01  # warmup begins at this share of the peak learning rate
+DECAY_END = 0.1  # cosine decay ends at this share of it
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many iterations, and when to validate, report and checkpoint (all in iterations)."""
+
+    iters: int
+    batches_per_epoch: int
+    updates: int  # optimizer steps: iters / grad_accumulation
+    warmup: int  # in optimizer steps
+    steps_per_eval: int
+    steps_per_report: int
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Linear warmup from `start` to `peak` over `warmup` updates, then cosine decay to `end`."""
+
+    start: float
+    peak: float
+    warmup: int
+    decay_steps: int
+    end: float
+
+
+def plan_schedule(n_train: int, s: TrainSettings) -> Schedule:
+    """Epochs -> iterations and the validation/report cadence for a dataset of n_train (pure)."""
+    if s.batch_size < 1 or s.grad_accumulation < 1:
+        raise TrainingError("--batch-size and --grad-accumulation must be at least 1.")
+    if n_train < s.batch_size:
+        raise TrainingError(
+            f"The training set has {n_train} examples, fewer than the batch size {s.batch_size}; "
+            f"use --batch-size {max(n_train, 1)} or less, or make more pairs with `mlx-partner generate`."
+        )
+    per_epoch = n_train // s.batch_size  # mlx-lm drops the leftover examples of each pass
+    iters = s.iters if s.iters > 0 else max(1, math.ceil(s.epochs * per_epoch))
+    ga = s.grad_accumulation
+    iters = ga * math.ceil(iters / ga)  # an update every ga iterations: no gradient left unused
+    updates = iters // ga
+    warmup = min(round(s.warmup_fraction * updates), updates - 1) if s.warmup_fraction > 0 else 0
+    every = s.steps_per_eval if s.steps_per_eval > 0 else max(1, iters // VALIDATIONS_PER_RUN)
+    every = min(every, iters)
+    report = next(d for d in range(min(10, max(1, iters // 50)), 0, -1) if every % d == 0)
+    return Schedule(iters, per_epoch, updates, max(warmup, 0), every, report)
+
+
+def lr_schedule(s: TrainSettings, sched: Schedule) -> LRSchedule:
+    """The learning rate over the run's updates: what the optimizer follows and the config records."""
+    lr = s.learning_rate
+    return LRSchedule(lr * WARMUP_START, lr, sched.warmup, max(sched.updates - sched.warmup, 1), lr * DECAY_END)
+
+
+def best_checkpoint(valid: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The validation with the lowest loss after training began (iteration >= 1); first on ties."""
+    best = None
+    for v in valid:
+        if v["iteration"] >= 1 and math.isfinite(v["val_loss"]) and (best is None or v["val_loss"] < best["val_loss"]):
+            best = v
+    return best
+
+
+def should_stop(valid: list[dict[str, Any]], patience: int) -> bool:
+    """True once `patience` validations in a row have not beaten the best one (pure)."""
+    if patience <= 0:
+        return False
+    best = best_checkpoint(valid)
+    if best is None:
+        return False
+    later = [v for v in valid if v["iteration"] > best["iteration"]]
+    return len(later) >= patience
+
+
+def knobs(s: TrainSettings) -> Knobs:
+    """The settings that move peak memory, for the memory plan."""
+    return Knobs(s.batch_size, s.grad_accumulation, s.max_seq_length, s.num_layers,
+                 s.fine_tune_type, s.lora_rank, s.grad_checkpoint)
+
+
+def fit_layers(s: TrainSettings, n_layers: int) -> TrainSettings:
+    """The default 16 layers on a smaller model means "all of them"."""
+    return dataclasses.replace(s, num_layers=n_layers) if s.num_layers > n_layers else s
+
+
+def settings_from_adapters(s: TrainSettings, shape: dict[str, Any]) -> TrainSettings:
+    """`s` with the adapter shape of an earlier run's adapter_config.json, so its weights fit."""
+    lora = shape.get("lora_parameters") or {}
+    return dataclasses.replace(
+        s, fine_tune_type=shape.get("fine_tune_type", s.fine_tune_type),
+        num_layers=int(shape.get("num_layers", s.num_layers)),
+        lora_rank=int(lora.get("rank", s.lora_rank)), lora_scale=float(lora.get("scale", s.lora_scale)),
+        lora_dropout=float(lora.get("dropout", s.lora_dropout)))
+
+
+def settings_from_record(record: dict[str, Any]) -> TrainSettings:
+    """The settings a manifest recorded (keys this release does not know are ignored)."""
+    return TrainSettings(**{k: v for k, v in record.items() if k in TrainSettings.__dataclass_fields__})
+
+
+def adapter_config(s: TrainSettings, model_path: Path, n_layers: int, sched: Schedule) -> dict[str, Any]:
+    """adapter_config.json in mlx-lm's shape (what `load_adapters` and `mlx_lm lora -c` read)."""
+    lr = lr_schedule(s, sched)
+    return {
+        "model": str(model_path),  # absolute: a relative path breaks once the cwd changes
+        "base_model": s.base_model,
+        "fine_tune_type": s.fine_tune_type,
+        "num_layers": n_layers if s.num_layers < 0 else min(s.num_layers, n_layers),
+        "lora_parameters": {"rank": s.lora_rank, "scale": s.lora_scale, "dropout": s.lora_dropout},
+        "batch_size": s.batch_size,
+        "iters": sched.iters,
+        "learning_rate": s.learning_rate,
+        "lr_schedule": {"name": "cosine_decay", "warmup": lr.warmup, "warmup_init": lr.start,
+                        "arguments": [lr.peak, lr.decay_steps, lr.end]},
+        "grad_accumulation_steps": s.grad_accumulation,
+        "max_seq_length": s.max_seq_length,
+        "mask_prompt": s.mask_prompt,
+        "grad_checkpoint": s.grad_checkpoint,
+        "seed": s.seed,
+        "optimizer": "adam",
+        "data": "data",
+    }
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception from the trainer means it ran out of memory."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "memory" in str(exc).lower())
