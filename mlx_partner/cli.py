@@ -7,6 +7,9 @@ MLX_PARTNER_DEBUG=1 to see the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import json
 import os
 import sys
 from dataclasses import dataclass, fields
@@ -15,9 +18,27 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .blas import reexec_with_fast_blas
+from .chat.repl import run_repl
+from .chat.session import open_session
+from .chat.target import resolve_target
 from .config import SECTIONS, Settings, load_settings
+from .dataset.write import format_report as format_dataset_report
+from .dataset.write import run_dataset
+from .demo import run_demo, side_by_side, summary_lines, terminal_width
 from .errors import PartnerError
+from .fuse import run_fuse
+from .init import init_workspace
+from .models import ensure_demo_model, import_gguf, list_models, models_cache
+from .runs import find_run
+from .textfmt import table
+from .train.run import run_train
 from .workspace import Workspace
+
+# `mlx-partner --help` must stay instant, so nothing imported at the top of this module may load
+# mlx, mlx_lm, anthropic, matplotlib or numpy (the modules above import those inside the functions
+# that use them). `sources`, `generate`, `evaluate` and `retrain` load numpy on import (the themes'
+# TF-IDF, the eval metrics), so the commands that need them import them inside the command.
 
 # Commands that run MLX; the console entry re-executes them once under a fast CPU BLAS.
 MLX_COMMANDS = {"dataset", "train", "fuse", "chat", "eval", "retrain", "demo", "models"}
@@ -89,8 +110,6 @@ class PartnerGroup(click.Group):
         except OSError as exc:
             if os.environ.get("MLX_PARTNER_DEBUG"):
                 raise
-            import errno
-
             if exc.errno == errno.ENOSPC:
                 raise click.ClickException(
                     "The disk is full; free some space and run the command again (finished work is kept)."
@@ -144,8 +163,6 @@ def init(app: App, directory: Path | None) -> None:
     Example:
       mlx-partner init my-partner && cd my-partner
     """
-    from .init import init_workspace
-
     ws = Workspace.at(directory) if directory is not None else app.workspace
     created, kept = init_workspace(ws)
     for path in created:
@@ -175,8 +192,6 @@ def sources(app: App, as_json: bool, token_budget: int | None, themes: int | Non
       mlx-partner sources
       mlx-partner sources --json | jq '.batches[].id'
     """
-    import json
-
     from .sources.survey import format_report, survey
 
     settings = app.settings.override("sources", token_budget=token_budget, themes=themes, seed=seed).sources
@@ -281,10 +296,6 @@ def dataset(app: App, pairs_files: tuple[Path, ...], base_model: str | None, val
     Example:
       mlx-partner dataset --pairs my-own-pairs.jsonl --test-fraction 0.1
     """
-    import json
-
-    from .dataset.write import format_report, run_dataset
-
     settings = app.settings.override("dataset", valid_fraction=valid_fraction, test_fraction=test_fraction,
                                      seed=seed, system_prompt=system_prompt)
     live = sys.stderr.isatty()
@@ -304,7 +315,7 @@ def dataset(app: App, pairs_files: tuple[Path, ...], base_model: str | None, val
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
-        click.echo(format_report(report, app.workspace))
+        click.echo(format_dataset_report(report, app.workspace))
 
 # --- train -------------------------------------------------------------------------------------
 
@@ -346,9 +357,6 @@ def train(app: App, run_name: str | None, resume: bool, continue_from: str | Non
       mlx-partner train --base-model smollm2-135m-instruct --epochs 2
       python -m mlx_lm generate --model <base> --adapter-path adapters/latest --prompt "Hi"
     """
-    from .runs import find_run
-    from .train.run import run_train
-
     settings = app.settings.override("train", **flags)
     if continue_from == "latest":
         continue_from = find_run(app.workspace).name
@@ -407,8 +415,6 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
       mlx-partner chat --base                      # the untuned base model, same system prompt
       mlx-partner chat --prompt "What makes a good loaf?" --temp 0
     """
-    from .chat import open_session, resolve_target, run_repl
-
     if model_path and (run_name or base):
         raise click.UsageError("--model cannot be combined with --run or --base.")
     settings = app.settings.override(
@@ -452,8 +458,6 @@ def demo(app: App, quick: bool, iters: int | None, base_model: str | None) -> No
     Example:
       git clone <repo> && cd mlx-partner && pip install -e . && mlx-partner demo
     """
-    from .demo import run_demo, side_by_side, summary_lines, terminal_width
-
     result = run_demo(app.workspace, app.settings, quick=quick, base_model=base_model, iters=iters)
     click.echo(side_by_side(result.comparisons, terminal_width()))
     click.echo("")
@@ -492,8 +496,6 @@ def models_import(gguf: Path | None, name: str | None, dtype: str, force: bool, 
       mlx-partner models import SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2
       mlx-partner models import --demo
     """
-    from .models import ensure_demo_model, import_gguf
-
     if demo == (gguf is not None):
         raise click.UsageError("Give either a GGUF file or --demo.")
     if demo:
@@ -513,8 +515,6 @@ def models_list() -> None:
     Example:
       mlx-partner models list
     """
-    from .models import list_models, models_cache
-
     found = list_models()
     if not found:
         click.echo(f"No models in {models_cache()} yet; import a GGUF with `mlx-partner models import FILE.gguf` "
@@ -550,8 +550,6 @@ def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool,
       mlx-partner fuse --run 20261125-1712 --output ~/partner-model
       python -m mlx_lm generate --model models/20261125-1712 --prompt "Hello"
     """
-    from .fuse import run_fuse
-
     result = run_fuse(app.workspace, run_name, output=output, export_gguf=export_gguf, quantize=quantize,
                       tolerance=tolerance, log=lambda s: click.echo(s, err=True))
     click.echo(f"Fused {result.run} into {result.model_dir} ({result.dtype}) in {result.seconds:.1f} s.")
@@ -566,7 +564,6 @@ def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool,
 
 def _echo_eval(metrics: dict, out_dir: Path) -> None:
     from .evaluate.report import comparison_rows, summary_rows
-    from .textfmt import table
 
     click.echo(table(["metric", "base", metrics["run"]], summary_rows(metrics)))
     comparison = metrics.get("comparison")
@@ -680,9 +677,6 @@ def runs(app: App, as_json: bool) -> None:
       mlx-partner runs
       mlx-partner eval --run run-20250101-120000   # fill in a run's scores
     """
-    import dataclasses
-    import json
-
     from .retrain import format_runs, list_runs
 
     rows = list_runs(app.workspace)
@@ -712,8 +706,6 @@ def main() -> None:
     """Console entry point: a fast BLAS for MLX commands on Linux, then the CLI."""
     args = sys.argv[1:]
     if invoked_command(args) in MLX_COMMANDS and not {"--help", "-h"} & set(args):
-        from .blas import reexec_with_fast_blas
-
         reexec_with_fast_blas()
     cli(prog_name="mlx-partner")
 

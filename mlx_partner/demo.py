@@ -24,8 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+
+from .chat.session import ChatSession, context_window
 from .config import Settings
+from .dataset.write import run_dataset
 from .errors import PartnerError
+from .fuse import run_fuse
+from .models import ensure_demo_model, load_model, resolve_model
+from .runs import SYSTEM_PROMPT
+from .train.run import run_train
 from .workspace import Workspace, workspace_lock
 
 # The full demo trains 3 epochs of the 48 training examples at batch 4: SmolLM2-135M in float32
@@ -106,9 +114,6 @@ def demo_settings(settings: Settings, base_model: Path | str, iters: int, quick:
 def answer_all(model_ref: str | Path, system_prompt: str, questions: list[str], max_tokens: int,
                progress: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers (with the demo's repetition penalty), one fresh conversation per question."""
-    from .chat import ChatSession, context_window
-    from .models import load_model
-
     loaded = load_model(model_ref)
     session = ChatSession(loaded.model, loaded.tokenizer, system_prompt, temperature=0.0, top_p=1.0,
                           max_tokens=max_tokens, window=context_window(loaded.config),
@@ -157,106 +162,119 @@ def _wrap(text: str, width: int) -> list[str]:
 # --- the run -----------------------------------------------------------------------------------
 
 
+class _Report:
+    """The steps' headers, indented lines and timings, through `say(text, err=True)`."""
+
+    def __init__(self, say: Callable[..., None], result: DemoResult, steps: int = 5) -> None:
+        self.say, self.result, self.steps = say, result, steps
+
+    def header(self, n: int, text: str) -> float:
+        self.say(click.style(f"\n[{n}/{self.steps}] {text}", bold=True), err=True)
+        return time.perf_counter()
+
+    def line(self, text: str) -> None:
+        self.say(f"      {text}", err=True)
+
+    def done(self, name: str, t0: float) -> None:
+        self.result.timings[name] = time.perf_counter() - t0
+        self.line(f"done in {_duration(self.result.timings[name])}")
+
+
 def run_demo(ws: Workspace, settings: Settings, *, quick: bool = False, base_model: str | None = None,
              iters: int | None = None, answer_tokens: int | None = None,
              echo: Callable[..., None] | None = None) -> DemoResult:
     """Run the demo's five steps; headers and progress go to `echo(text, err=True)`."""
-    import click
-
-    say = echo or click.echo
     example = example_workspace(ws)
     iters = iters or (QUICK_ITERS if quick else DEMO_ITERS)
     answer_tokens = answer_tokens or (QUICK_ANSWER_TOKENS if quick else ANSWER_TOKENS)
     result = DemoResult()
+    report = _Report(echo or click.echo, result)
     started = time.perf_counter()
-    steps = 5
-
-    def header(n: int, text: str) -> float:
-        say(click.style(f"\n[{n}/{steps}] {text}", bold=True), err=True)
-        return time.perf_counter()
-
-    def indent(text: str) -> None:
-        say(f"      {text}", err=True)
-
-    def done(name: str, t0: float) -> None:
-        result.timings[name] = time.perf_counter() - t0
-        say(f"      done in {_duration(result.timings[name])}", err=True)
-
     with workspace_lock(ws, "demo"):
-        # 1. The base model.
-        t0 = header(1, "Demo model")
-        if base_model:
-            from .models import resolve_model
-
-            model_path = resolve_model(base_model, ws.root)
-            say(f"      {model_path} (given with --base-model)", err=True)
-        else:
-            from .models import ensure_demo_model
-
-            model_path = ensure_demo_model(log=indent)
-            say(f"      SmolLM2-135M-Instruct at {model_path}", err=True)
-        result.base_model = model_path
-        done("model", t0)
+        model_path = _demo_model(ws, base_model, report)
         s = demo_settings(settings, model_path, iters, quick)
-
-        # 2. The dataset, from the hand-written pairs.
-        t0 = header(2, f"Dataset from {example.pairs.relative_to(ws.root)} (hand-written pairs)")
-        from .dataset import run_dataset
-
-        extra = sorted(ws.pairs_dir.glob("*.jsonl")) if ws.pairs_dir.is_dir() else []
-        if extra:
-            say(f"      note: {len(extra)} pair file(s) in {ws.pairs_dir} are included too", err=True)
-        report = run_dataset(ws, s, extra_pairs=[example.pairs], base_model=str(model_path))
-        counts = ", ".join(f"{n} {split}" for split, n in report.counts.items())
-        say(f"      {report.pairs_read} pairs -> {counts}; system prompt in {ws.system_prompt_path}", err=True)
-        for warning in report.warnings:
-            say(f"      warning: {warning}", err=True)
-        for check in report.hygiene:
-            if check.status == "fail":
-                say(f"      template check failed: {check.name}: {check.detail}", err=True)
-        done("dataset", t0)
-
-        # 3. A short training run, through the real trainer.
-        t0 = header(3, f"Train: LoRA, {iters} iterations on {model_path.name}")
-        from .train import run_train
-
-        trained = run_train(ws, s, progress=True)
-        if trained.status != "finished" or trained.run_dir is None:
-            raise PartnerError(f"Training ended as '{trained.status}'; see {ws.adapters_dir} and run the demo again.")
-        result.run, result.run_dir = trained.run, trained.run_dir
-        result.base_val_loss, result.best_val_loss = trained.base_val_loss, trained.best_val_loss
-        if trained.base_val_loss is not None and trained.best_val_loss is not None:
-            say(f"      validation loss {trained.base_val_loss:.3f} (base) -> {trained.best_val_loss:.3f} "
-                f"(best, iteration {trained.best_iteration})", err=True)
-        done("train", t0)
-
-        # 4. Fuse into a standalone model.
-        t0 = header(4, f"Fuse into {ws.models_dir.name}/{result.run}/")
-        from .fuse import run_fuse
-
-        fused = run_fuse(ws, run_name=result.run, log=indent)
-        result.model_dir = fused.model_dir
-        done("fuse", t0)
-
-        # 5. Base against partner, same system prompt, greedy.
-        t0 = header(5, f"Base model and partner on {len(example.questions)} held-out questions "
-                    f"(greedy, repetition penalty {REPETITION_PENALTY}, same system prompt)")
-        system_prompt = (result.run_dir / "system_prompt.txt").read_text(encoding="utf-8")
-        base_answers = answer_all(model_path, system_prompt, example.questions, answer_tokens,
-                                  lambda i: indent(f"base model: answered {i}/{len(example.questions)}"))
-        partner_answers = answer_all(result.model_dir, system_prompt, example.questions, answer_tokens,
-                                     lambda i: indent(f"partner: answered {i}/{len(example.questions)}"))
-        result.comparisons = [Comparison(q, b, p) for q, b, p in zip(example.questions, base_answers, partner_answers, strict=True)]
-        done("compare", t0)
+        _demo_dataset(ws, s, example, model_path, report)
+        _demo_train(ws, s, iters, model_path, report)
+        _demo_fuse(ws, report)
+        _demo_compare(example, model_path, answer_tokens, report)
     result.timings["total"] = time.perf_counter() - started
     return result
+
+
+def _demo_model(ws: Workspace, base_model: str | None, report: _Report) -> Path:
+    """1. The base model: the one given with --base-model, else SmolLM2-135M-Instruct (fetched once)."""
+    t0 = report.header(1, "Demo model")
+    if base_model:
+        model_path = resolve_model(base_model, ws.root)
+        report.line(f"{model_path} (given with --base-model)")
+    else:
+        model_path = ensure_demo_model(log=report.line)
+        report.line(f"SmolLM2-135M-Instruct at {model_path}")
+    report.result.base_model = model_path
+    report.done("model", t0)
+    return model_path
+
+
+def _demo_dataset(ws: Workspace, s: Settings, example: ExampleWorkspace, model_path: Path,
+                  report: _Report) -> None:
+    """2. The dataset, from the hand-written pairs (and any pair files already in data/pairs/)."""
+    t0 = report.header(2, f"Dataset from {example.pairs.relative_to(ws.root)} (hand-written pairs)")
+    extra = sorted(ws.pairs_dir.glob("*.jsonl")) if ws.pairs_dir.is_dir() else []
+    if extra:
+        report.line(f"note: {len(extra)} pair file(s) in {ws.pairs_dir} are included too")
+    dataset = run_dataset(ws, s, extra_pairs=[example.pairs], base_model=str(model_path))
+    counts = ", ".join(f"{n} {split}" for split, n in dataset.counts.items())
+    report.line(f"{dataset.pairs_read} pairs -> {counts}; system prompt in {ws.system_prompt_path}")
+    for warning in dataset.warnings:
+        report.line(f"warning: {warning}")
+    for check in dataset.hygiene:
+        if check.status == "fail":
+            report.line(f"template check failed: {check.name}: {check.detail}")
+    report.done("dataset", t0)
+
+
+def _demo_train(ws: Workspace, s: Settings, iters: int, model_path: Path, report: _Report) -> None:
+    """3. A short training run, through the real trainer."""
+    t0 = report.header(3, f"Train: LoRA, {iters} iterations on {model_path.name}")
+    trained = run_train(ws, s, progress=True)
+    if trained.status != "finished" or trained.run_dir is None:
+        raise PartnerError(f"Training ended as '{trained.status}'; see {ws.adapters_dir} and run the demo again.")
+    result = report.result
+    result.run, result.run_dir = trained.run, trained.run_dir
+    result.base_val_loss, result.best_val_loss = trained.base_val_loss, trained.best_val_loss
+    if trained.base_val_loss is not None and trained.best_val_loss is not None:
+        report.line(f"validation loss {trained.base_val_loss:.3f} (base) -> {trained.best_val_loss:.3f} "
+                    f"(best, iteration {trained.best_iteration})")
+    report.done("train", t0)
+
+
+def _demo_fuse(ws: Workspace, report: _Report) -> None:
+    """4. Fuse into a standalone model."""
+    t0 = report.header(4, f"Fuse into {ws.models_dir.name}/{report.result.run}/")
+    fused = run_fuse(ws, run_name=report.result.run, log=report.line)
+    report.result.model_dir = fused.model_dir
+    report.done("fuse", t0)
+
+
+def _demo_compare(example: ExampleWorkspace, model_path: Path, answer_tokens: int, report: _Report) -> None:
+    """5. Base against partner, same system prompt, greedy."""
+    result, questions = report.result, example.questions
+    t0 = report.header(5, f"Base model and partner on {len(questions)} held-out questions "
+                          f"(greedy, repetition penalty {REPETITION_PENALTY}, same system prompt)")
+    system_prompt = (result.run_dir / SYSTEM_PROMPT).read_text(encoding="utf-8")
+    base_answers = answer_all(model_path, system_prompt, questions, answer_tokens,
+                              lambda i: report.line(f"base model: answered {i}/{len(questions)}"))
+    partner_answers = answer_all(result.model_dir, system_prompt, questions, answer_tokens,
+                                 lambda i: report.line(f"partner: answered {i}/{len(questions)}"))
+    result.comparisons = [Comparison(q, b, p) for q, b, p in zip(questions, base_answers, partner_answers, strict=True)]
+    report.done("compare", t0)
 
 
 def summary_lines(ws: Workspace, result: DemoResult) -> list[str]:
     """Where the files are and what to run next."""
     rel = _relative(ws.root)
     lines = [f"Done in {_duration(result.timings.get('total', 0.0))}. The files:",
-             f"  dataset    {rel(ws.data_dir)}/  (train/valid/test.jsonl, system_prompt.txt)"]
+             f"  dataset    {rel(ws.data_dir)}/  (train/valid/test.jsonl, {ws.system_prompt_path.name})"]
     if result.run_dir:
         lines.append(f"  adapters   {rel(result.run_dir)}/  (adapters, loss.png, manifest.json)")
     if result.model_dir:

@@ -21,7 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .errors import PartnerError, TrainingError
+from .dataset.manifest import dataset_hash, load_manifest
+from .dataset.pairs import pair_files, read_pairs
+from .dataset.write import run_dataset
+from .errors import DatasetError, PartnerError, TrainingError
+from .evaluate.report import comparison_rows
+from .evaluate.run import read_metrics, run_eval
+from .fuse import run_fuse
+from .generate.plan import prepare
+from .generate.report import format_summary
+from .generate.runner import retire, run_generate
+from .runs import find_run, read_manifest
+from .sources.records import write_source_hashes
+from .textfmt import table
+from .train.run import TrainResult, run_train
 from .workspace import Workspace, workspace_lock
 
 Echo = Callable[[str], None]
@@ -50,8 +63,6 @@ class Changes:
 
 
 def _latest(ws: Workspace) -> tuple[Path, dict[str, Any]] | None:
-    from .train import find_run, read_manifest
-
     try:
         run_dir = find_run(ws)
     except TrainingError:
@@ -88,9 +99,6 @@ def extra_pair_files(ws: Workspace, built: dict[str, Any]) -> list[Path]:
 
 def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None) -> str:
     """Why the latest run's training data differs from the pairs now on disk ('' if it does not)."""
-    from .dataset import dataset_hash, load_manifest, pair_files, read_pairs
-    from .errors import DatasetError
-
     if manifest is None:
         return ""
     try:
@@ -115,8 +123,6 @@ def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None) -> str:
 
 def pending_changes(ws: Workspace, settings: Settings) -> Changes:
     """Documents, generation rounds and pairs that are new since the latest run; nothing is written."""
-    from .generate import prepare
-
     latest = _latest(ws)
     prep = prepare(ws, settings.generate, settings.sources)
     new, changed, removed = describe_documents(prep.previous_hashes, prep.hashes)
@@ -166,8 +172,6 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
                 run_name: str | None = None, fuse: bool = True, limit: int | None = None,
                 max_tokens: int | None = None, progress: bool = True, echo: Echo | None = None) -> RetrainResult:
     """Generate what changed, rebuild the dataset (test pairs kept), train, fuse and evaluate."""
-    from . import evaluate
-
     say: Echo = echo or (lambda _s: None)
     with workspace_lock(ws, "retrain"):
         latest = _latest(ws)
@@ -185,46 +189,15 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
             say(f"Changed: {reason}.")
 
         # 1. Generation, only for what changed (generate skips every request its ledger has done).
-        if changes.requests:
-            from .generate import format_summary, run_generate
-
-            say(f"Generating: {changes.requests} requests for {', '.join(changes.batches_to_generate)}.")
-            gen = run_generate(ws, settings.generate, settings.sources, echo=say)
-            result.requests_sent, result.pairs_accepted = gen.requests, gen.accepted
-            say(format_summary(gen))
-            if gen.failed:
-                raise PartnerError(
-                    f"Generation failed for {', '.join(sorted(gen.failed))}; the pairs that arrived are kept: "
-                    f"fix the cause and run `mlx-partner retrain` again (finished requests are not sent twice)."
-                )
-        elif changes.stale_pairs or changes.removed_documents or changes.changed_documents:
-            _retire_without_requests(ws, settings)
+        _generate_changes(ws, settings, changes, result, say)
 
         # 2. The dataset, with the earlier test pairs pinned so the two runs are scored alike.
-        from .dataset import run_dataset
-
         base_model = str(old_manifest.get("base_model") or settings.train.base_model) if continue_ else None
         train_settings = settings.override("train", base_model=base_model) if base_model else settings
-        from .dataset import load_manifest
-        from .errors import DatasetError
-
-        try:
-            extra = extra_pair_files(ws, load_manifest(ws))
-        except DatasetError:
-            extra = []
-        report = run_dataset(ws, train_settings, extra_pairs=extra, keep_test=True)
-        say(f"Dataset: {report.counts['train']} train, {report.counts['valid']} valid, {report.counts['test']} test "
-            f"(earlier test pairs kept in test).")
+        _rebuild_dataset(ws, train_settings, say)
 
         # 3. A new run, from the base model or from the latest adapters.
-        from .train import run_train
-
-        if continue_:
-            say(f"Training a new run from the adapters of {old_dir.name}.")
-        trained = run_train(ws, train_settings, run_name=run_name, continue_from=old_dir.name if continue_ else None,
-                            progress=progress)
-        if trained.status != "finished":
-            raise TrainingError(f"Training {trained.run} {trained.status}; nothing was fused or evaluated.")
+        trained = _train_new_run(ws, train_settings, run_name, old_dir.name if continue_ else None, progress, say)
         result.new_run = trained.run
         result.notes += trained.notes
 
@@ -233,19 +206,64 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
             result.fused_path = _fuse(ws, trained.run, say)
 
         # 5. Evaluate both runs on the same held-out pairs.
-        kwargs: dict[str, Any] = {"progress": progress}
-        if limit is not None:
-            kwargs["limit"] = limit
-        if max_tokens is not None:
-            kwargs["max_tokens"] = max_tokens
-        old_metrics = evaluate.read_metrics(ws, old_dir.name)
-        if old_metrics is None or (old_metrics.get("scores") or {}).get("tuned") is None:
-            say(f"Evaluating {old_dir.name} (it has no evaluation yet).")
-            old_metrics = evaluate.run_eval(ws, settings, old_dir.name, **kwargs).metrics
-        say(f"Evaluating {trained.run} on the same held-out pairs.")
-        result.old_metrics = old_metrics
-        result.new_metrics = evaluate.run_eval(ws, settings, trained.run, compare_with=old_dir.name, **kwargs).metrics
+        result.old_metrics, result.new_metrics = _evaluate_both(
+            ws, settings, old_dir.name, trained.run, limit=limit, max_tokens=max_tokens, progress=progress, say=say,
+        )
         return result
+
+
+def _generate_changes(ws: Workspace, settings: Settings, changes: Changes, result: RetrainResult, say: Echo) -> None:
+    """Send the generation requests still to do; with none, retire the pairs whose sources changed."""
+    if changes.requests:
+        say(f"Generating: {changes.requests} requests for {', '.join(changes.batches_to_generate)}.")
+        gen = run_generate(ws, settings.generate, settings.sources, echo=say)
+        result.requests_sent, result.pairs_accepted = gen.requests, gen.accepted
+        say(format_summary(gen))
+        if gen.failed:
+            raise PartnerError(
+                f"Generation failed for {', '.join(sorted(gen.failed))}; the pairs that arrived are kept: "
+                f"fix the cause and run `mlx-partner retrain` again (finished requests are not sent twice)."
+            )
+    elif changes.stale_pairs or changes.removed_documents or changes.changed_documents:
+        _retire_without_requests(ws, settings)
+
+
+def _rebuild_dataset(ws: Workspace, train_settings: Settings, say: Echo) -> None:
+    """The dataset again, from data/pairs/ and the last dataset's extra pair files, test pairs kept."""
+    try:
+        extra = extra_pair_files(ws, load_manifest(ws))
+    except DatasetError:
+        extra = []
+    report = run_dataset(ws, train_settings, extra_pairs=extra, keep_test=True)
+    say(f"Dataset: {report.counts['train']} train, {report.counts['valid']} valid, {report.counts['test']} test "
+        f"(earlier test pairs kept in test).")
+
+
+def _train_new_run(ws: Workspace, train_settings: Settings, run_name: str | None, continue_from: str | None,
+                   progress: bool, say: Echo) -> TrainResult:
+    """A new run, from the base model or (continue_from) an earlier run's adapters; it must finish."""
+    if continue_from:
+        say(f"Training a new run from the adapters of {continue_from}.")
+    trained = run_train(ws, train_settings, run_name=run_name, continue_from=continue_from, progress=progress)
+    if trained.status != "finished":
+        raise TrainingError(f"Training {trained.run} {trained.status}; nothing was fused or evaluated.")
+    return trained
+
+
+def _evaluate_both(ws: Workspace, settings: Settings, old_run: str, new_run: str, *, limit: int | None,
+                   max_tokens: int | None, progress: bool, say: Echo) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(old, new) metrics on the same held-out pairs; the old run is evaluated first if it never was."""
+    kwargs: dict[str, Any] = {"progress": progress}
+    if limit is not None:
+        kwargs["limit"] = limit
+    if max_tokens is not None:
+        kwargs["max_tokens"] = max_tokens
+    old_metrics = read_metrics(ws, old_run)
+    if old_metrics is None or (old_metrics.get("scores") or {}).get("tuned") is None:
+        say(f"Evaluating {old_run} (it has no evaluation yet).")
+        old_metrics = run_eval(ws, settings, old_run, **kwargs).metrics
+    say(f"Evaluating {new_run} on the same held-out pairs.")
+    return old_metrics, run_eval(ws, settings, new_run, compare_with=old_run, **kwargs).metrics
 
 
 def _retire_without_requests(ws: Workspace, settings: Settings) -> None:
@@ -254,17 +272,12 @@ def _retire_without_requests(ws: Workspace, settings: Settings) -> None:
     Uses generate's own `prepare` and `retire`, and records the new source hashes as generate does,
     so no credentials are needed when no request is sent.
     """
-    from .generate import prepare, retire
-    from .workspace import atomic_write_json
-
     prep = prepare(ws, settings.generate, settings.sources)
     retire(ws, prep)
-    atomic_write_json(ws.data_dir / "sources.json", prep.hashes)
+    write_source_hashes(ws, prep.hashes)
 
 
 def _fuse(ws: Workspace, run: str, say: Echo) -> Path:
-    from .fuse import run_fuse
-
     fused = run_fuse(ws, run_name=run, log=say)
     for note in fused.notes:
         say(f"Note: {note}")
@@ -273,8 +286,6 @@ def _fuse(ws: Workspace, run: str, say: Echo) -> Path:
 
 def format_comparison(result: RetrainResult) -> str:
     """The old and new runs side by side, over the held-out pairs both were scored on."""
-    from .evaluate import comparison_rows, table
-
     metrics = result.new_metrics or {}
     comparison = metrics.get("comparison")
     if not comparison:
@@ -306,9 +317,6 @@ class RunRow:
 
 def list_runs(ws: Workspace) -> list[RunRow]:
     """Every run under adapters/ (oldest first), with its eval scores where it has been evaluated."""
-    from .evaluate import read_metrics
-    from .train import find_run
-
     adapters = ws.adapters_dir
     if not adapters.is_dir():
         return []
@@ -346,8 +354,6 @@ def list_runs(ws: Workspace) -> list[RunRow]:
 
 
 def format_runs(rows: list[RunRow]) -> str:
-    from .evaluate import table
-
     def f(value: float | None, digits: int = 3) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 

@@ -24,6 +24,7 @@ from ..models import load_model
 from ..prompts import chat_messages, encode_prompt, render_prompt
 from .target import ChatTarget
 
+
 def context_window(config: dict[str, Any], max_kv_size: int = 0) -> int:
     """Tokens the session may keep: the setting if given, else the model's trained window."""
     if max_kv_size and max_kv_size > 0:
