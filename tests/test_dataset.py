@@ -17,9 +17,10 @@ from click.testing import CliRunner
 
 from mlx_partner.cli import cli
 from mlx_partner.config import Settings
+from mlx_partner.dataset.duplicates import group_pairs, near_duplicate_groups
 from mlx_partner.dataset.manifest import SPLITS, dataset_hash, load_manifest
 from mlx_partner.dataset.pairs import Pair, drop_duplicates, read_pairs
-from mlx_partner.dataset.splits import apportion, near_duplicate_groups, plan_splits
+from mlx_partner.dataset.splits import apportion, plan_splits
 from mlx_partner.dataset.stats import length_stats
 from mlx_partner.dataset.system_prompt import load_system_prompt, system_prompt_from_profile
 from mlx_partner.dataset.write import run_dataset
@@ -266,7 +267,7 @@ def test_near_duplicate_groups_link_every_close_pair():
         "What do you think about benches on the street?",
         "Why write one sentence per page?",
     ]
-    assert near_duplicate_groups(texts) == [[0, 1, 3], [2], [4]]
+    assert near_duplicate_groups(texts).groups == [[0, 1, 3], [2], [4]]
 
 
 def test_near_duplicate_groups_agree_with_generates_similarity():
@@ -274,7 +275,7 @@ def test_near_duplicate_groups_agree_with_generates_similarity():
 
     qs = [r["question"] for rows in synthetic_pairs([40, 40, 40]).values() for r in rows]
     qs += [q.replace("how do you", "how would you") for q in qs[::10]]
-    groups = near_duplicate_groups(qs)
+    groups = near_duplicate_groups(qs).groups
     group_of = {i: n for n, g in enumerate(groups) for i in g}
     close = [(i, j) for i in range(len(qs)) for j in range(i) if similarity(qs[i], qs[j]) >= DUPLICATE_THRESHOLD]
     assert len(close) >= 12
@@ -303,7 +304,7 @@ def test_364_pairs_in_9_batches_follow_the_fractions_per_theme(seed):
     batches = synthetic_pairs(seed=seed)
     pairs = to_pairs(batches)
     assert len(pairs) == 364
-    plan = plan_splits(pairs, near_duplicate_groups([p.question for p in pairs]), 0.1, 0.1, seed, 4)
+    plan = plan_splits(pairs, group_pairs(pairs).groups, 0.1, 0.1, seed, 4)
     by = Counter((p.theme, plan.assignment[p.id]) for p in pairs)
     for theme, rows in batches.items():
         for split in ("valid", "test"):
@@ -323,7 +324,7 @@ def test_any_theme_sizes_and_fractions_stay_within_one(seed):
     rng = random.Random(seed)
     sizes = [rng.randint(3, 60) for _ in range(rng.randint(2, 12))]
     pairs = to_pairs(synthetic_pairs(sizes, seed=seed))
-    groups = near_duplicate_groups([p.question for p in pairs])
+    groups = group_pairs(pairs).groups
     for vf, tf in ((0.1, 0.1), (0.15, 0.05), (0.2, 0.0)):
         plan = plan_splits(pairs, groups, vf, tf, seed, batch_size=1)
         for key in ("theme", "kind"):
@@ -335,7 +336,7 @@ def test_any_theme_sizes_and_fractions_stay_within_one(seed):
 
 def test_splits_are_seeded():
     pairs = to_pairs(synthetic_pairs())
-    groups = near_duplicate_groups([p.question for p in pairs])
+    groups = group_pairs(pairs).groups
     a = plan_splits(pairs, groups, 0.1, 0.1, 3, 4).assignment
     assert a == plan_splits(pairs, groups, 0.1, 0.1, 3, 4).assignment
     assert a != plan_splits(pairs, groups, 0.1, 0.1, 4, 4).assignment
@@ -343,19 +344,20 @@ def test_splits_are_seeded():
 
 def test_near_duplicates_never_straddle_splits():
     batches = synthetic_pairs()
-    base = batches["theme0"][0]["question"]
+    base, answer = batches["theme0"][0]["question"], batches["theme0"][0]["answer"]
     for b, theme in enumerate(["theme1", "theme2", "theme3", "theme4"]):
         batches[theme][0]["question"] = base.replace("how do you", ["how would you", "How do you", "how did you", "how do you really"][b])
+        batches[theme][0]["answer"] = answer.rstrip(".") + [" indeed.", ", truly.", "!", " again."][b]  # near-same answers too
     pairs = to_pairs(batches)
     for seed in range(15):
-        plan = plan_splits(pairs, near_duplicate_groups([p.question for p in pairs]), 0.1, 0.1, seed, 4)
+        plan = plan_splits(pairs, group_pairs(pairs).groups, 0.1, 0.1, seed, 4)
         splits = {plan.assignment[f"{t}-000"] for t in ("theme0", "theme1", "theme2", "theme3", "theme4")}
         assert len(splits) == 1
 
 
 def test_pinned_test_ids_stay_in_test():
     pairs = to_pairs(synthetic_pairs())
-    groups = near_duplicate_groups([p.question for p in pairs])
+    groups = group_pairs(pairs).groups
     pinned = [p.id for p in pairs[::40]]
     plan = plan_splits(pairs, groups, 0.1, 0.1, 5, 4, pinned_test_ids=pinned)
     assert all(plan.assignment[i] == "test" for i in pinned)
@@ -365,7 +367,7 @@ def test_pinned_test_ids_stay_in_test():
 @pytest.mark.parametrize("n, batch, valid_at_least", [(4, 2, 1), (6, 2, 2), (12, 4, 4), (9, 4, 1)])
 def test_small_datasets_still_get_a_valid_example(n, batch, valid_at_least):
     pairs = to_pairs(synthetic_pairs([n]))
-    plan = plan_splits(pairs, near_duplicate_groups([p.question for p in pairs]), 0.1, 0.0, 0, batch)
+    plan = plan_splits(pairs, group_pairs(pairs).groups, 0.1, 0.0, 0, batch)
     counts = Counter(plan.assignment.values())
     assert counts["valid"] >= valid_at_least
     assert counts["train"] >= batch

@@ -34,6 +34,7 @@ class Pair:
     theme: str
     kind: str
     origin: str  # file:line
+    sources: tuple[str, ...] = ()  # the documents the pair cites (ids under sources/)
 
 
 def _stable_id(question: str, answer: str) -> str:
@@ -51,7 +52,9 @@ def parse_pair(record: dict, origin: str, default_theme: str) -> tuple[Pair | No
     theme = record.get("theme") or record.get("batch") or default_theme
     pid = record.get("id")
     pid = str(pid) if pid not in (None, "") else _stable_id(question.strip(), answer.strip())
-    return Pair(pid, question.strip(), answer.strip(), str(theme), str(kind), origin), ""
+    cited = record.get("sources")
+    sources = tuple(str(s) for s in cited if isinstance(s, str) and s.strip()) if isinstance(cited, list) else ()
+    return Pair(pid, question.strip(), answer.strip(), str(theme), str(kind), origin, sources), ""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from ..workspace import (
     atomic_write_text,
     workspace_lock,
 )
+from .duplicates import BOUNDARY, Grouping, drop_boundary_echoes, group_pairs
 from .manifest import (
     MANIFEST_VERSION,
     SPLITS,
@@ -45,7 +46,7 @@ from .manifest import (
     previous_test_ids,
 )
 from .pairs import Pair, PairsRead, drop_duplicates, duplicate_key, pair_files, read_pairs
-from .splits import near_duplicate_groups, plan_splits
+from .splits import plan_splits, split_capacity
 from .stats import LengthStats, length_stats, suggested_max_seq_length
 from .system_prompt import resolve_system_prompt
 
@@ -62,7 +63,10 @@ class DatasetReport:
     counts: dict[str, int]
     by_theme: dict[str, dict[str, int]]
     by_kind: dict[str, dict[str, int]]
+    kind_shares: dict[str, float]  # each kind's share of all examples (boundary included)
+    boundary_dropped: list[str]  # boundary pairs dropped: an answered pair asks the same question
     near_duplicate_groups: int
+    near_duplicates_held_apart: int  # links left unjoined: the group would outgrow a split
     system_prompt: str
     system_prompt_source: str
     system_role: bool | None  # None: not known (no tokenizer)
@@ -167,8 +171,24 @@ def _counts_by(pairs: Sequence[Pair], split_pairs: dict[str, list[Pair]], key: s
 
 
 def _kind_order(kind: str) -> tuple[bool, int, str]:
-    """The known kinds first, in their own order, then the others alphabetically."""
-    return (kind not in KINDS, KINDS.index(kind) if kind in KINDS else 0, kind)
+    """The known kinds first, in their own order (boundary last of them), then the others alphabetically."""
+    known = tuple(dict.fromkeys((*KINDS, BOUNDARY)))
+    return (kind not in known, known.index(kind) if kind in known else 0, kind)
+
+
+def _kind_shares(pairs: Sequence[Pair]) -> dict[str, float]:
+    """{kind: share of all examples}, in the report's kind order."""
+    counts = {k: sum(1 for p in pairs if p.kind == k) for k in sorted({p.kind for p in pairs}, key=_kind_order)}
+    return {k: round(n / len(pairs), 4) for k, n in counts.items()} if pairs else {}
+
+
+def _held_apart_notes(grouping: Grouping, pairs: Sequence[Pair]) -> list[str]:
+    if not grouping.held_apart:
+        return []
+    i, j = grouping.examples[0]
+    return [f"{grouping.held_apart} near-duplicate link(s) left unjoined so that no group outgrows "
+            f"{grouping.max_size} pairs (what the smallest held-out split holds), e.g. {pairs[i].id} and "
+            f"{pairs[j].id}: such pairs may land in different splits."]
 
 
 def _write_manifest(ws: Workspace, report: DatasetReport, ds: DatasetSettings,
@@ -177,7 +197,10 @@ def _write_manifest(ws: Workspace, report: DatasetReport, ds: DatasetSettings,
     manifest["hash"] = report.content_hash  # what `train` records with each run
     manifest["created"] = utc_now()
     manifest["settings"] = asdict(ds)
-    manifest["examples"] = {s: [{"id": p.id, "theme": p.theme, "kind": p.kind} for p in split_pairs[s]] for s in SPLITS}
+    # In the order of each split file's lines: eval reads a held-out example's kind and cited
+    # documents from here (while the manifest's hash vouches for the files).
+    manifest["examples"] = {s: [{"id": p.id, "theme": p.theme, "kind": p.kind, "sources": list(p.sources)}
+                                for p in split_pairs[s]] for s in SPLITS}
     atomic_write_json(manifest_path(ws), manifest)
 
 
@@ -210,11 +233,17 @@ def _run(ws: Workspace, settings: Settings, extra: list[Path], base_model: str |
     ds, tr = settings.dataset, settings.train
     _check_fractions(ds)
     read, pairs, dropped, warnings = _read(ws, extra)
-    groups = near_duplicate_groups([p.question for p in pairs])
+    pairs, echoes = drop_boundary_echoes(pairs)
+    if echoes:
+        warnings.append(f"{len(echoes)} boundary pair(s) dropped: an answered pair asks the same question "
+                        f"(the answered one wins), e.g. {echoes[0].describe()}.")
+    grouping = group_pairs(pairs, max_size=split_capacity(len(pairs), ds.valid_fraction, ds.test_fraction))
     pinned = list(pinned_test_ids or [])
     if keep_test:
         pinned += previous_test_ids(ws)
-    plan = plan_splits(pairs, groups, ds.valid_fraction, ds.test_fraction, ds.seed, tr.batch_size, pinned)
+    plan = plan_splits(pairs, grouping.groups, ds.valid_fraction, ds.test_fraction, ds.seed, tr.batch_size, pinned)
+    warnings += plan.warnings
+    notes = plan.notes + _held_apart_notes(grouping, pairs)
     split_pairs = {s: [p for p in pairs if plan.assignment[p.id] == s] for s in SPLITS}
     if len(split_pairs["train"]) < tr.batch_size:
         raise DatasetError(
@@ -250,7 +279,10 @@ def _run(ws: Workspace, settings: Settings, extra: list[Path], base_model: str |
         counts={s: len(split_pairs[s]) for s in SPLITS},
         by_theme=_counts_by(pairs, split_pairs, "theme"),
         by_kind=_counts_by(pairs, split_pairs, "kind", order=_kind_order),
-        near_duplicate_groups=sum(1 for g in groups if len(g) > 1),
+        kind_shares=_kind_shares(pairs),
+        boundary_dropped=[e.describe() for e in echoes],
+        near_duplicate_groups=grouping.joined,
+        near_duplicates_held_apart=grouping.held_apart,
         system_prompt=system_prompt,
         system_prompt_source=prompt_source,
         system_role=None if tokenizer is None else template_has_system_role(tokenizer),
@@ -258,7 +290,7 @@ def _run(ws: Workspace, settings: Settings, extra: list[Path], base_model: str |
         lengths=stats,
         hygiene=hygiene,
         warnings=warnings,
-        notes=plan.notes,
+        notes=notes,
         content_hash=dataset_hash(ws),
         ids={s: [p.id for p in split_pairs[s]] for s in SPLITS},
     )
@@ -269,9 +301,12 @@ def _run(ws: Workspace, settings: Settings, extra: list[Path], base_model: str |
 # --- the report as text --------------------------------------------------------------------------
 
 
-def _table(title: str, rows: dict[str, dict[str, int]]) -> list[str]:
-    text = table([title, *SPLITS], [[key, *(c[s] for s in SPLITS)] for key, c in rows.items()])
-    return textwrap.indent(text, "  ").splitlines()
+def _table(title: str, rows: dict[str, dict[str, int]], shares: dict[str, float] | None = None) -> list[str]:
+    """One count per split for each theme or kind; with `shares`, a column of each one's share."""
+    headers = [title, *SPLITS, *(["share"] if shares is not None else [])]
+    body = [[key, *(c[s] for s in SPLITS), *([f"{shares.get(key, 0.0):.0%}"] if shares is not None else [])]
+            for key, c in rows.items()]
+    return textwrap.indent(table(headers, body), "  ").splitlines()
 
 
 def format_report(report: DatasetReport, ws: Workspace) -> str:
@@ -280,12 +315,14 @@ def format_report(report: DatasetReport, ws: Workspace) -> str:
     total = sum(c.values())
     out = [
         f"Pairs: {report.pairs_read} read from {len(report.files)} file(s), {report.duplicates_dropped} duplicate(s) dropped, "
-        f"{len(report.malformed)} malformed line(s) skipped, {report.near_duplicate_groups} near-duplicate group(s) kept together.",
+        f"{len(report.malformed)} malformed line(s) skipped, {report.near_duplicate_groups} near-duplicate group(s) kept together"
+        + (f", {len(report.boundary_dropped)} boundary pair(s) dropped as answered elsewhere." if report.boundary_dropped
+           else "."),
         f"Examples: {total} = train {c['train']} / valid {c['valid']} / test {c['test']}",
         "",
         *_table("theme", report.by_theme),
         "",
-        *_table("kind", report.by_kind),
+        *_table("kind", report.by_kind, report.kind_shares),
         "",
     ]
     s = report.lengths
