@@ -30,7 +30,7 @@ from .errors import PartnerError
 from .fuse import run_fuse
 from .init import init_workspace
 from .models import ensure_demo_model, import_gguf, list_models, models_cache
-from .runs import find_run
+from .runs import find_run, read_manifest
 from .textfmt import table
 from .train.run import run_train
 from .workspace import Workspace
@@ -66,9 +66,10 @@ class SettingOption(click.Option):
     value in force for this workspace (defaults < partner.toml < environment), never a restated
     default that partner.toml may have changed. None means "not given": the setting stands."""
 
-    def __init__(self, param_decls, *, setting: str, **kwargs):
+    def __init__(self, param_decls, *, setting: str, from_latest_run: bool = False, **kwargs):
         self.section, self.key = setting.split(".")
         spec = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
+        self.from_latest_run = from_latest_run  # retrain: the latest run's value is the one in force
         kwargs.setdefault("help", spec.metadata["help"])
         kwargs.setdefault("default", None)
         super().__init__(param_decls, **kwargs)
@@ -83,6 +84,13 @@ class SettingOption(click.Option):
         except PartnerError:  # a broken partner.toml: --help still works, with the defaults
             value = getattr(getattr(Settings(), self.section), self.key)
         shown = ",".join(f"{k}={v:g}" for k, v in value.items()) if isinstance(value, dict) else value
+        if self.from_latest_run and app is not None:
+            try:
+                run = read_manifest(find_run(app.workspace))
+                value = (run.get("settings") or {}).get(self.key, value)
+                return record[0], f"{record[1]}  [now: {value}, as run {run.get('run')} trained]"
+            except PartnerError:
+                pass
         return record[0], f"{record[1]}  [now: {shown}]"
 
 
@@ -93,6 +101,37 @@ def setting(*param_decls: str, **kwargs):
 
 
 class PartnerGroup(click.Group):
+# The training settings `train` and `retrain` take as flags (each one a TrainSettings field).
+TRAIN_FLAGS: tuple[tuple[tuple[str, ...], dict], ...] = (
+    (("--base-model",), {"key": "train.base_model"}),
+    (("--fine-tune-type",), {"key": "train.fine_tune_type", "type": click.Choice(["lora", "dora", "full"])}),
+    (("--epochs",), {"key": "train.epochs", "type": float}),
+    (("--iters",), {"key": "train.iters", "type": int}),
+    (("--learning-rate",), {"key": "train.learning_rate", "type": float}),
+    (("--batch-size",), {"key": "train.batch_size", "type": int}),
+    (("--grad-accumulation",), {"key": "train.grad_accumulation", "type": int}),
+    (("--lora-rank",), {"key": "train.lora_rank", "type": int}),
+    (("--num-layers",), {"key": "train.num_layers", "type": int}),
+    (("--max-seq-length",), {"key": "train.max_seq_length", "type": int}),
+    (("--steps-per-eval",), {"key": "train.steps_per_eval", "type": int}),
+    (("--patience",), {"key": "train.patience", "type": int}),
+    (("--grad-checkpoint/--no-grad-checkpoint",), {"key": "train.grad_checkpoint"}),
+    (("--mask-prompt/--no-mask-prompt",), {"key": "train.mask_prompt"}),
+    (("--seed",), {"key": "train.seed", "type": int}),
+)
+
+
+def train_setting_flags(f=None, *, from_latest_run: bool = False):
+    """The TRAIN_FLAGS options on a command, in order; their values arrive as keyword arguments.
+
+    With from_latest_run (retrain), --help shows the value the latest run trained with."""
+    def decorate(f):
+        for decls, kwargs in reversed(TRAIN_FLAGS):
+            f = setting(*decls, from_latest_run=from_latest_run, **dict(kwargs))(f)
+        return f
+    return decorate(f) if f is not None else decorate
+
+
     """Turns library errors into one plain line and exit code 1, unless MLX_PARTNER_DEBUG is set."""
 
     def invoke(self, ctx: click.Context):
@@ -321,21 +360,7 @@ def dataset(app: App, pairs_files: tuple[Path, ...], base_model: str | None, val
 
 
 @cli.command()
-@setting("--base-model", key="train.base_model")
-@setting("--fine-tune-type", key="train.fine_tune_type", type=click.Choice(["lora", "dora", "full"]))
-@setting("--epochs", key="train.epochs", type=float)
-@setting("--iters", key="train.iters", type=int)
-@setting("--learning-rate", key="train.learning_rate", type=float)
-@setting("--batch-size", key="train.batch_size", type=int)
-@setting("--grad-accumulation", key="train.grad_accumulation", type=int)
-@setting("--lora-rank", key="train.lora_rank", type=int)
-@setting("--num-layers", key="train.num_layers", type=int)
-@setting("--max-seq-length", key="train.max_seq_length", type=int)
-@setting("--steps-per-eval", key="train.steps_per_eval", type=int)
-@setting("--patience", key="train.patience", type=int)
-@setting("--grad-checkpoint/--no-grad-checkpoint", key="train.grad_checkpoint")
-@setting("--mask-prompt/--no-mask-prompt", key="train.mask_prompt")
-@setting("--seed", key="train.seed", type=int)
+@train_setting_flags
 @click.option("--run", "run_name", help="Name of the run folder under adapters/ (default: run-<date>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue a stopped run (--run NAME, or the newest) from its last checkpoint.")
 @click.option("--continue-from", help="Start from the adapters of an earlier run (name, or 'latest').")
@@ -620,13 +645,16 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @pass_app
 def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str | None, no_fuse: bool,
-            limit: int | None, max_tokens: int | None, quiet: bool) -> None:
+            limit: int | None, max_tokens: int | None, quiet: bool, **flags) -> None:
     """After you add or change documents: generate, rebuild, train, fuse and evaluate again.
 
     Only what changed is generated (batches whose documents changed); the earlier test pairs
     stay in the test split, so the new run is scored on the same pairs as the old one, and the
-    two are printed side by side. With nothing new it says so and spends nothing (--force to
-    retrain anyway). Reads ANTHROPIC_API_KEY from the environment when it has to generate.
+    two are printed side by side. The new run repeats the latest run's recipe (its base model
+    and every training setting) unless a flag, or a setting changed in partner.toml since that
+    run, says otherwise; it says which it used, and its manifest records where each came from.
+    With nothing new it says so and spends nothing (--force to retrain anyway). Reads
+    ANTHROPIC_API_KEY from the environment when it has to generate.
 
     \b
     Example:
@@ -639,14 +667,14 @@ def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str
 
     ws = app.workspace
     if dry_run:
-        changes = pending_changes(ws, app.settings)
+        changes = pending_changes(ws, app.settings, flags)
         if not changes.anything:
             click.echo(f"Nothing changed since run {changes.latest_run or '(none yet)'}.")
         for reason in changes.reasons:
             click.echo(f"Changed: {reason}.")
         return
     result = run_retrain(ws, app.settings, force=force, continue_=continue_, run_name=run_name, fuse=not no_fuse,
-                         limit=limit, max_tokens=max_tokens, progress=not quiet,
+                         limit=limit, max_tokens=max_tokens, progress=not quiet, train_flags=flags,
                          echo=lambda line: click.echo(line, err=True))
     if result.skipped:
         click.echo(f"Nothing changed since run {result.old_run}: no new or changed documents, nothing to generate, "
@@ -688,6 +716,7 @@ def runs(app: App, as_json: bool) -> None:
         return
     click.echo(format_runs(rows))
 
+@train_setting_flags(from_latest_run=True)
 
 def invoked_command(args: list[str]) -> str | None:
     """The subcommand `args` names, past the group's own options; None for --help/--version."""
@@ -704,6 +733,7 @@ def invoked_command(args: list[str]) -> str | None:
 
 def main() -> None:
     """Console entry point: a fast BLAS for MLX commands on Linux, then the CLI."""
+      mlx-partner retrain --learning-rate 3e-4 # the latest run's recipe, one setting changed
     args = sys.argv[1:]
     if invoked_command(args) in MLX_COMMANDS and not {"--help", "-h"} & set(args):
         reexec_with_fast_blas()
@@ -712,3 +742,68 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+# --- corrections -------------------------------------------------------------------------------
+
+
+@cli.group()
+def corrections() -> None:
+    """What you told the partner in chat: /fix (your own answer) and /good (its answer was right).
+
+    They live in data/corrections.jsonl; `dataset` trains on them and `retrain` counts new ones
+    as a change.
+
+    \b
+    Examples:
+      mlx-partner corrections list
+      mlx-partner corrections remove c-1a2b3c4d
+    """
+
+
+def _clip(text: str | None, width: int = 48) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+@corrections.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print every correction in full as JSON.")
+@pass_app
+def corrections_list(app: App, as_json: bool) -> None:
+    """List the corrections, oldest first (broken lines are named on stderr and skipped).
+
+    \b
+    Example:
+      mlx-partner corrections list --json | jq '.[].correction'
+    """
+    from .corrections import corrections_path, read_corrections
+
+    found = read_corrections(app.workspace)
+    for bad in found.bad:
+        click.echo(f"Skipped {bad}", err=True)
+    if as_json:
+        click.echo(json.dumps([c.to_record() for c in found.corrections], indent=2, ensure_ascii=False))
+        return
+    if not found.corrections:
+        click.echo(f"No corrections yet in {corrections_path(app.workspace)}; make one in `mlx-partner chat` "
+                   f"with /fix or /good after an answer.")
+        return
+    rows = [(c.id, c.kind, c.time.replace("T", " ")[:16], c.run or "-", _clip(c.question),
+             _clip(c.correction if c.kind == "fix" else c.answer)) for c in found.corrections]
+    click.echo(table(["id", "kind", "time", "run", "question", "your answer (fix) / its answer (good)"], rows))
+
+
+@corrections.command("remove")
+@click.argument("correction_id", metavar="ID")
+@pass_app
+def corrections_remove(app: App, correction_id: str) -> None:
+    """Remove one correction by its id (from `corrections list`); the others are kept as they are.
+
+    \b
+    Example:
+      mlx-partner corrections remove c-1a2b3c4d
+    """
+    from .corrections import remove_correction
+
+    removed = remove_correction(app.workspace, correction_id)
+    click.echo(f"Removed {removed.id} ({removed.kind}): {_clip(removed.question, 72)}")
+
+

@@ -37,3 +37,7 @@ class ModelError(PartnerError):
 
 class WorkspaceLocked(PartnerError):
     """Another mlx-partner command is writing this workspace."""
+
+
+class CorrectionError(PartnerError):
+    """A correction cannot be saved, found or removed (data/corrections.jsonl)."""

@@ -14,6 +14,7 @@ With nothing new it says so and spends nothing, unless forced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .corrections import corrections_since
 from .dataset.manifest import dataset_hash, load_manifest
 from .dataset.pairs import pair_files, read_pairs
 from .dataset.write import run_dataset
@@ -31,6 +33,7 @@ from .fuse import run_fuse
 from .generate.plan import prepare
 from .generate.report import format_summary
 from .generate.runner import retire, run_generate
+from .recipe import Recipe, from_run, repeat_recipe, runnable_base, setting_origins
 from .runs import find_run, read_manifest
 from .sources.records import write_source_hashes
 from .textfmt import table
@@ -55,6 +58,8 @@ class Changes:
     requests: int = 0
     stale_pairs: int = 0  # pairs to retire: a document they cite changed or is gone
     dataset_outdated: bool = False  # pairs on disk differ from those the latest run trained on
+    settings_changed: tuple[str, ...] = ()  # training settings that differ from the latest run's
+    new_corrections: int = 0  # corrections made in chat (/fix, /good) since the latest run started
     reasons: tuple[str, ...] = ()
 
     @property
@@ -121,8 +126,29 @@ def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None) -> str:
     return ""
 
 
-def pending_changes(ws: Workspace, settings: Settings) -> Changes:
-    """Documents, generation rounds and pairs that are new since the latest run; nothing is written."""
+def retrain_recipe(ws: Workspace, settings: Settings, manifest: dict[str, Any],
+                   train_flags: dict[str, Any] | None = None) -> Recipe:
+    """The latest run's recipe (base model and training settings), with the flags given and the
+    settings changed in partner.toml or the environment since it trained (see `recipe`)."""
+    recipe = repeat_recipe(manifest, settings.train, setting_origins(ws.config_path), train_flags)
+    if recipe.sources["base_model"] == from_run(recipe.from_run):
+        base = runnable_base(recipe.settings.base_model, manifest.get("base_model_path"), ws.root)
+        recipe = dataclasses.replace(recipe, settings=dataclasses.replace(recipe.settings, base_model=base))
+    return recipe
+
+
+def _settings_reason(recipe: Recipe) -> str:
+    """Why the training settings count as a change ('' when the retrain repeats the run's)."""
+    keys = [k for k in recipe.differs_from_run if not (k == "base_model" and recipe.sources[k] == from_run(recipe.from_run))]
+    if not keys:
+        return ""
+    shown = ", ".join(f"{k} {recipe.ran.get(k)!r} -> {getattr(recipe.settings, k)!r} ({recipe.sources[k]})" for k in keys)
+    return f"training settings differ from {from_run(recipe.from_run)}'s: {shown}"
+
+
+def pending_changes(ws: Workspace, settings: Settings, train_flags: dict[str, Any] | None = None) -> Changes:
+    """Documents, generation rounds, pairs and training settings that are new since the latest run;
+    nothing is written."""
     latest = _latest(ws)
     prep = prepare(ws, settings.generate, settings.sources)
     new, changed, removed = describe_documents(prep.previous_hashes, prep.hashes)
@@ -137,6 +163,13 @@ def pending_changes(ws: Workspace, settings: Settings) -> Changes:
         reasons.append(f"{len(prep.stale)} pairs to retire (their sources changed or were removed)")
     if outdated:
         reasons.append(outdated)
+    fresh = corrections_since(ws, str(latest[1].get("started") or "")) if latest else []
+    if fresh:
+        reasons.append(f"{len(fresh)} new correction{'s' if len(fresh) != 1 else ''} from chat since run {latest[0].name}")
+    recipe = retrain_recipe(ws, settings, latest[1], train_flags) if latest else None
+    settings_reason = _settings_reason(recipe) if recipe else ""
+    if settings_reason:
+        reasons.append(settings_reason)
     return Changes(
         latest_run=latest[0].name if latest else None,
         new_documents=new, changed_documents=changed, removed_documents=removed,
@@ -144,6 +177,8 @@ def pending_changes(ws: Workspace, settings: Settings) -> Changes:
         requests=sum(len(p.todo) for p in todo),
         stale_pairs=len(prep.stale),
         dataset_outdated=bool(outdated),
+        settings_changed=tuple(recipe.differs_from_run) if settings_reason and recipe else (),
+        new_corrections=len(fresh),
         reasons=tuple(reasons),
     )
 
@@ -161,6 +196,7 @@ class RetrainResult:
     fused_path: Path | None = None
     old_metrics: dict[str, Any] | None = None
     new_metrics: dict[str, Any] | None = None
+    recipe: Recipe | None = None  # what the new run trained with, and where each setting came from
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -170,8 +206,13 @@ class RetrainResult:
 
 def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, continue_: bool = False,
                 run_name: str | None = None, fuse: bool = True, limit: int | None = None,
-                max_tokens: int | None = None, progress: bool = True, echo: Echo | None = None) -> RetrainResult:
-    """Generate what changed, rebuild the dataset (test pairs kept), train, fuse and evaluate."""
+                max_tokens: int | None = None, progress: bool = True, echo: Echo | None = None,
+                train_flags: dict[str, Any] | None = None) -> RetrainResult:
+    """Generate what changed, rebuild the dataset (test pairs kept), train, fuse and evaluate.
+
+    The new run repeats the latest run's recipe (base model and training settings) except where
+    `train_flags` (None = not given) or a setting changed since that run say otherwise.
+    """
     say: Echo = echo or (lambda _s: None)
     with workspace_lock(ws, "retrain"):
         latest = _latest(ws)
@@ -181,8 +222,9 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
                 f"`mlx-partner generate`, `mlx-partner dataset` and `mlx-partner train`."
             )
         old_dir, old_manifest = latest
-        changes = pending_changes(ws, settings)
-        result = RetrainResult(changes=changes, old_run=old_dir.name)
+        changes = pending_changes(ws, settings, train_flags)
+        recipe = retrain_recipe(ws, settings, old_manifest, train_flags)
+        result = RetrainResult(changes=changes, old_run=old_dir.name, recipe=recipe)
         if not changes.anything and not force:
             return result
         for reason in changes.reasons:
@@ -192,12 +234,14 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
         _generate_changes(ws, settings, changes, result, say)
 
         # 2. The dataset, with the earlier test pairs pinned so the two runs are scored alike.
-        base_model = str(old_manifest.get("base_model") or settings.train.base_model) if continue_ else None
-        train_settings = settings.override("train", base_model=base_model) if base_model else settings
+        for line in recipe.lines():
+            say(line)
+        train_settings = dataclasses.replace(settings, train=recipe.settings)
         _rebuild_dataset(ws, train_settings, say)
 
-        # 3. A new run, from the base model or from the latest adapters.
-        trained = _train_new_run(ws, train_settings, run_name, old_dir.name if continue_ else None, progress, say)
+        # 3. A new run, from the base model or from the latest adapters, with the latest run's recipe.
+        trained = _train_new_run(ws, train_settings, run_name, old_dir.name if continue_ else None, progress, say,
+                                 recipe.record())
         result.new_run = trained.run
         result.notes += trained.notes
 
@@ -240,11 +284,12 @@ def _rebuild_dataset(ws: Workspace, train_settings: Settings, say: Echo) -> None
 
 
 def _train_new_run(ws: Workspace, train_settings: Settings, run_name: str | None, continue_from: str | None,
-                   progress: bool, say: Echo) -> TrainResult:
+                   progress: bool, say: Echo, recipe: dict[str, Any]) -> TrainResult:
     """A new run, from the base model or (continue_from) an earlier run's adapters; it must finish."""
     if continue_from:
         say(f"Training a new run from the adapters of {continue_from}.")
-    trained = run_train(ws, train_settings, run_name=run_name, continue_from=continue_from, progress=progress)
+    trained = run_train(ws, train_settings, run_name=run_name, continue_from=continue_from, progress=progress,
+                        recipe=recipe)
     if trained.status != "finished":
         raise TrainingError(f"Training {trained.run} {trained.status}; nothing was fused or evaluated.")
     return trained

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from ..memory import GB, MemoryPlan, make_plan
 from ..models import LoadedModel, is_cpu_backend, load_model, read_config, resolve_model
 from ..runs import (
     ADAPTER_CONFIG,
+from ..recipe import train_record  # [learn-from-use] the run's recipe
     ADAPTER_WEIGHTS,
     CHECKPOINTS,
     LAST_CHECKPOINT,
@@ -89,9 +90,11 @@ class Start:
     source: Path | None = None  # the earlier run whose adapters it starts from
 
 
+    recipe: dict[str, Any] | None = None  # [learn-from-use] manifest["recipe"], when retrain gives one
 def run_train(ws: Workspace | Path | str, settings: Settings | TrainSettings, *, run_name: str | None = None,
               resume: bool = False, plan_only: bool = False, memory_gb: float | None = None,
-              continue_from: str | None = None, progress: bool = True) -> TrainResult:
+              continue_from: str | None = None, progress: bool = True,
+              recipe: dict[str, Any] | None = None) -> TrainResult:
     """Fine-tune the base model on data/ into adapters/<run>/ (or only plan it, with plan_only)."""
     ws = ws if isinstance(ws, Workspace) else Workspace.at(ws)
     s = settings.train if isinstance(settings, Settings) else settings
@@ -102,7 +105,7 @@ def run_train(ws: Workspace | Path | str, settings: Settings | TrainSettings, *,
     # Under `mlx.launch` (data-parallel over several Macs) rank 0 holds the lock for them all.
     rank0 = mx.distributed.init().rank() == 0
     with workspace_lock(ws, "train") if rank0 else contextlib.nullcontext():
-        start = _open_run(ws, s, run_name, resume, continue_from, rank0)
+        start = replace(_open_run(ws, s, run_name, resume, continue_from, rank0), recipe=recipe)
         return _fine_tune(ws, start, memory_gb, progress, rank0)
 
 
@@ -199,6 +202,8 @@ def _start_manifest(ws: Workspace, start: Start, s: TrainSettings, loaded: Loade
     best_it = (previous.get("best") or {}).get("iteration")  # the best is kept, whenever it was
     previous["metrics"] = {
         "train": [r for r in previous["metrics"]["train"] if r["iteration"] <= start.offset],
+            # [learn-from-use] where each setting came from (see mlx_partner/recipe.py)
+            "recipe": start.recipe or train_record(ws, start.settings, shape_from=start.source.name if start.source else None),
         "valid": [r for r in previous["metrics"]["valid"] if r["iteration"] <= start.offset or r["iteration"] == best_it],
     }
     return previous
