@@ -68,8 +68,8 @@ class SettingOption(click.Option):
 
     def __init__(self, param_decls, *, setting: str, from_latest_run: bool = False, **kwargs):
         self.section, self.key = setting.split(".")
-        spec = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
         self.from_latest_run = from_latest_run  # retrain: the latest run's value is the one in force
+        spec = next(f for f in fields(SECTIONS[self.section]) if f.name == self.key)
         kwargs.setdefault("help", spec.metadata["help"])
         kwargs.setdefault("default", None)
         super().__init__(param_decls, **kwargs)
@@ -83,7 +83,6 @@ class SettingOption(click.Option):
             value = getattr(getattr(app.settings if app else Settings(), self.section), self.key)
         except PartnerError:  # a broken partner.toml: --help still works, with the defaults
             value = getattr(getattr(Settings(), self.section), self.key)
-        shown = ",".join(f"{k}={v:g}" for k, v in value.items()) if isinstance(value, dict) else value
         if self.from_latest_run and app is not None:
             try:
                 run = read_manifest(find_run(app.workspace))
@@ -91,6 +90,7 @@ class SettingOption(click.Option):
                 return record[0], f"{record[1]}  [now: {value}, as run {run.get('run')} trained]"
             except PartnerError:
                 pass
+        shown = ",".join(f"{k}={v:g}" for k, v in value.items()) if isinstance(value, dict) else value
         return record[0], f"{record[1]}  [now: {shown}]"
 
 
@@ -100,7 +100,6 @@ def setting(*param_decls: str, **kwargs):
     return click.option(*param_decls, cls=SettingOption, setting=key, **kwargs)
 
 
-class PartnerGroup(click.Group):
 # The training settings `train` and `retrain` take as flags (each one a TrainSettings field).
 TRAIN_FLAGS: tuple[tuple[tuple[str, ...], dict], ...] = (
     (("--base-model",), {"key": "train.base_model"}),
@@ -132,6 +131,7 @@ def train_setting_flags(f=None, *, from_latest_run: bool = False):
     return decorate(f) if f is not None else decorate
 
 
+class PartnerGroup(click.Group):
     """Turns library errors into one plain line and exit code 1, unless MLX_PARTNER_DEBUG is set."""
 
     def invoke(self, ctx: click.Context):
@@ -643,6 +643,7 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
 @click.option("--limit", type=click.IntRange(min=1), help="Held-out questions answered in the evaluation (default 20).")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Longest generated answer in the evaluation (default 96).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
+@train_setting_flags(from_latest_run=True)
 @pass_app
 def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str | None, no_fuse: bool,
             limit: int | None, max_tokens: int | None, quiet: bool, **flags) -> None:
@@ -662,6 +663,7 @@ def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str
       mlx-partner retrain --dry-run            # what changed, nothing done
       mlx-partner retrain                      # a new run from the base model
       mlx-partner retrain --continue           # ... or from the latest adapters
+      mlx-partner retrain --learning-rate 3e-4 # the latest run's recipe, one setting changed
     """
     from .retrain import format_comparison, pending_changes, run_retrain
 
@@ -716,32 +718,7 @@ def runs(app: App, as_json: bool) -> None:
         return
     click.echo(format_runs(rows))
 
-@train_setting_flags(from_latest_run=True)
 
-def invoked_command(args: list[str]) -> str | None:
-    """The subcommand `args` names, past the group's own options; None for --help/--version."""
-    words = iter(args)
-    for arg in words:
-        if arg in ("-w", "--workspace"):
-            next(words, None)
-        elif arg in ("--help", "-h", "--version"):
-            return None
-        elif not arg.startswith("-"):
-            return arg
-    return None
-
-
-def main() -> None:
-    """Console entry point: a fast BLAS for MLX commands on Linux, then the CLI."""
-      mlx-partner retrain --learning-rate 3e-4 # the latest run's recipe, one setting changed
-    args = sys.argv[1:]
-    if invoked_command(args) in MLX_COMMANDS and not {"--help", "-h"} & set(args):
-        reexec_with_fast_blas()
-    cli(prog_name="mlx-partner")
-
-
-if __name__ == "__main__":
-    main()
 # --- corrections -------------------------------------------------------------------------------
 
 
@@ -807,3 +784,26 @@ def corrections_remove(app: App, correction_id: str) -> None:
     click.echo(f"Removed {removed.id} ({removed.kind}): {_clip(removed.question, 72)}")
 
 
+def invoked_command(args: list[str]) -> str | None:
+    """The subcommand `args` names, past the group's own options; None for --help/--version."""
+    words = iter(args)
+    for arg in words:
+        if arg in ("-w", "--workspace"):
+            next(words, None)
+        elif arg in ("--help", "-h", "--version"):
+            return None
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def main() -> None:
+    """Console entry point: a fast BLAS for MLX commands on Linux, then the CLI."""
+    args = sys.argv[1:]
+    if invoked_command(args) in MLX_COMMANDS and not {"--help", "-h"} & set(args):
+        reexec_with_fast_blas()
+    cli(prog_name="mlx-partner")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,9 +20,9 @@ from ..config import Settings, TrainSettings
 from ..errors import ModelError, TrainingError
 from ..memory import GB, MemoryPlan, make_plan
 from ..models import LoadedModel, is_cpu_backend, load_model, read_config, resolve_model
+from ..recipe import train_record  # [learn-from-use] the run's recipe
 from ..runs import (
     ADAPTER_CONFIG,
-from ..recipe import train_record  # [learn-from-use] the run's recipe
     ADAPTER_WEIGHTS,
     CHECKPOINTS,
     LAST_CHECKPOINT,
@@ -88,9 +88,9 @@ class Start:
     previous: dict[str, Any] | None = None  # the manifest of the run being resumed
     offset: int = 0  # the iteration it resumes at
     source: Path | None = None  # the earlier run whose adapters it starts from
-
-
     recipe: dict[str, Any] | None = None  # [learn-from-use] manifest["recipe"], when retrain gives one
+
+
 def run_train(ws: Workspace | Path | str, settings: Settings | TrainSettings, *, run_name: str | None = None,
               resume: bool = False, plan_only: bool = False, memory_gb: float | None = None,
               continue_from: str | None = None, progress: bool = True,
@@ -198,12 +198,12 @@ def _start_manifest(ws: Workspace, start: Start, s: TrainSettings, loaded: Loade
             "dataset": dataset_info(ws, data), "settings": asdict(s), "metrics": {"train": [], "valid": []},
             "best": None, "base_val_loss": None,
             "continued_from": start.source.name if start.source is not None else None,
+            # [learn-from-use] where each setting came from (see mlx_partner/recipe.py)
+            "recipe": start.recipe or train_record(ws, start.settings, shape_from=start.source.name if start.source else None),
         }
     best_it = (previous.get("best") or {}).get("iteration")  # the best is kept, whenever it was
     previous["metrics"] = {
         "train": [r for r in previous["metrics"]["train"] if r["iteration"] <= start.offset],
-            # [learn-from-use] where each setting came from (see mlx_partner/recipe.py)
-            "recipe": start.recipe or train_record(ws, start.settings, shape_from=start.source.name if start.source else None),
         "valid": [r for r in previous["metrics"]["valid"] if r["iteration"] <= start.offset or r["iteration"] == best_it],
     }
     return previous
