@@ -19,7 +19,7 @@ import click
 
 from . import __version__
 from .blas import reexec_with_fast_blas
-from .chat.repl import run_repl
+from .chat.repl import run_prompt, run_repl
 from .chat.session import open_session
 from .chat.target import resolve_target
 from .config import SECTIONS, Settings, load_settings
@@ -424,27 +424,40 @@ def train(app: App, run_name: str | None, resume: bool, continue_from: str | Non
 @setting("--max-kv-size", key="chat.max_kv_size", type=click.IntRange(min=0))
 @setting("--seed", key="chat.seed", type=int)
 @setting("--repetition-penalty", key="chat.repetition_penalty", type=click.FloatRange(min=1))
+@setting("--sources/--no-sources", key="chat.sources")
+@setting("--rag/--no-rag", key="chat.rag")
+@click.option("--json", "as_json", is_flag=True,
+              help='With --prompt: print one JSON object {"answer", "passages", "grounded", "unverified_quotes"}.')
 @pass_app
 def chat(app: App, run_name: str | None, model_path: str | None, base: bool, prompt: str | None,
          temp: float | None, top_p: float | None, max_tokens: int | None, max_kv_size: int | None,
-         seed: int | None, repetition_penalty: float | None) -> None:
+         seed: int | None, repetition_penalty: float | None, sources: bool | None, rag: bool | None,
+         as_json: bool) -> None:
     """Talk to your partner, offline: the latest run's fused model, or base + adapters.
 
     It uses the exact system prompt the run was trained with, streams its answers and keeps the
-    conversation (old turns are dropped when the context window fills). Inside: /help, /reset,
-    /save FILE, /system, /temp X, /quit; Ctrl-C stops a reply.
+    conversation (old turns are dropped when the context window fills). Under each answer, dimmed
+    on stderr: the passages of your writing it rests on, a warning when nothing you wrote is close
+    to the question, and any quotation not found in your writing. Inside: /help, /reset,
+    /save FILE, /sources, /system, /temp X, /quit; Ctrl-C stops a reply.
 
     \b
     Examples:
       mlx-partner chat
       mlx-partner chat --base                      # the untuned base model, same system prompt
       mlx-partner chat --prompt "What makes a good loaf?" --temp 0
+      mlx-partner chat --prompt "Why count benches?" --json   # answer + passages as JSON
+      mlx-partner chat --rag                       # passages in the prompt too
     """
     if model_path and (run_name or base):
         raise click.UsageError("--model cannot be combined with --run or --base.")
+    if as_json and prompt is None:
+        raise click.UsageError("--json needs --prompt TEXT (it prints one answer as JSON).")
+    if prompt is not None and not prompt.strip():
+        raise click.UsageError("--prompt is empty; give it a question.")
     settings = app.settings.override(
         "chat", temperature=temp, top_p=top_p, max_tokens=max_tokens, max_kv_size=max_kv_size, seed=seed,
-        repetition_penalty=repetition_penalty,
+        repetition_penalty=repetition_penalty, sources=sources, rag=rag,
     ).chat
     target = resolve_target(app.workspace, run=run_name, model=model_path, base=base,
                             base_model=app.settings.train.base_model, settings=app.settings)
@@ -456,13 +469,14 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
         max_kv_size=settings.max_kv_size, seed=settings.seed, repetition_penalty=settings.repetition_penalty,
         workspace_root=app.workspace.root,
     )
+    from .chat.index import open_citer  # retrieval loads numpy: not at --help time
+
+    citer = open_citer(app.workspace, target, show=settings.sources, rag=settings.rag)
     if prompt is not None:
-        for piece in session.ask(prompt):
-            click.echo(piece, nl=False)
-        click.echo("")
+        run_prompt(session, citer, prompt, as_json=as_json)
         return
     click.echo(f"{loaded.dtype}, context {session.window} tokens. {loaded.note}", err=True)
-    run_repl(session, target.label)
+    run_repl(session, target.label, citer)
 
 
 @cli.command()
@@ -588,11 +602,9 @@ def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool,
 
 
 def _echo_eval(metrics: dict, out_dir: Path) -> None:
-    from .evaluate.report import comparison_rows, retrieval_line, summary_rows
+    from .evaluate.report import comparison_rows, summary_rows
 
     click.echo(table(["metric", "base", metrics["run"]], summary_rows(metrics)))
-    if retrieval_line(metrics):
-        click.echo(retrieval_line(metrics))
     comparison = metrics.get("comparison")
     if comparison:
         click.echo(f"\n{comparison['new']} against {comparison['old']} on the same held-out pairs "
@@ -608,25 +620,21 @@ def _echo_eval(metrics: dict, out_dir: Path) -> None:
 @click.option("--loss-limit", type=click.IntRange(min=0), default=40, show_default=True,
               help="Pairs per split (test, valid) scored for loss and perplexity.")
 @click.option("--probes", type=click.IntRange(min=0), default=6, show_default=True,
-              help="Far probes: questions on topics absent from your sources.")
-@click.option("--near-probes", type=click.IntRange(min=0),
-              help="Near-domain probes asked from data/probes.jsonl (default: all of them).")
+              help="Questions on topics absent from your sources (groundedness probe).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=96, show_default=True, help="Longest generated answer.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing questions and probes.")
 @click.option("--compare", "compare_with", help="An earlier evaluated run to compare with on the pairs both share.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @pass_app
-def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, probes: int, near_probes: int | None,
-                 max_tokens: int, seed: int, compare_with: str | None, quiet: bool) -> None:
+def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, probes: int, max_tokens: int,
+                 seed: int, compare_with: str | None, quiet: bool) -> None:
     """Compare the base model and a tuned run on your held-out pairs.
 
     Scores both on the test split (and valid): loss and perplexity on your answers, generated
-    answers against yours (word F1, ROUGE-L), style similarity to your sources, and declines:
-    on near-domain probes your writing does not answer (data/probes.jsonl), on far probes, and
-    (false declines) on held-out questions you did answer. Also how often the top passage of
-    your writing for a held-out question is from the essay its pair cites, and how many quoted
-    spans in the answers are in your writing. Greedy decoding: the same run, data and seed give
-    the same numbers. Writes eval/<run>/report.md, chart.png and metrics.json.
+    answers against yours (word F1, ROUGE-L), style similarity to your sources, and how often
+    each says it has not written about topics absent from your sources. Greedy decoding: the
+    same run, data and seed give the same numbers. Writes eval/<run>/report.md, chart.png and
+    metrics.json.
 
     \b
     Example:
@@ -636,8 +644,7 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
     from .evaluate.run import run_eval
 
     result = run_eval(app.workspace, app.settings, run_name, limit=limit, loss_limit=loss_limit, probes=probes,
-                      near_probes=near_probes, max_tokens=max_tokens, seed=seed, compare_with=compare_with,
-                      progress=not quiet)
+                      max_tokens=max_tokens, seed=seed, compare_with=compare_with, progress=not quiet)
     _echo_eval(result.metrics, result.out_dir)
 
 

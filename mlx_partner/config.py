@@ -58,6 +58,7 @@ class DatasetSettings:
     test_fraction: float = _f(0.1, "Share of pairs held back for `eval` (0 turns it off).")
     seed: int = _f(0, "Seed for the split.")
     system_prompt: str = _f("", "The partner's system prompt ('' = derived from profile.md).")
+    passages: bool = _f(False, "Put passages of your writing before each training question (its own plus distractors), as `chat --rag` does.")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class ChatSettings:
     max_kv_size: int = _f(0, "Context tokens kept in chat (0 = the model's window).")
     seed: int = _f(0, "Sampling seed.")
     repetition_penalty: float = _f(1.0, "Above 1 discourages repeating recent tokens; small models loop without it (1 = off).")
+    sources: bool = _f(True, "Show the passages of your writing an answer rests on, under it.")
+    rag: bool = _f(False, "Put the passages closest to each question into the prompt (train with [dataset] passages = true to match).")
 
 
 SECTIONS: dict[str, type] = {

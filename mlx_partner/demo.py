@@ -8,7 +8,9 @@ sources/, and examples/ with ~60 hand-written pairs and 3 held-out questions). I
     2. dataset: examples/pairs.jsonl -> data/{train,valid,test}.jsonl
     3. train: a short LoRA run (float32 and a fast BLAS on CPU backends)
     4. fuse: models/<run>/
-    5. the base model's and the partner's answers to the held-out questions, side by side
+    5. the base model's and the partner's answers to the held-out questions, side by side, each
+       partner answer followed by the passages of her writing it rests on; then an off-topic
+       question, whose answer gets the warning that nothing she wrote is close to it
 
 The workspace is the folder given with -w (default: the current folder); a pip-installed copy has
 no example workspace, so the demo asks for a clone of the repository instead of shipping one.
@@ -26,7 +28,9 @@ from pathlib import Path
 
 import click
 
+from .chat.citations import Citation, citation_lines
 from .chat.session import ChatSession, context_window
+from .chat.target import ChatTarget
 from .config import Settings
 from .dataset.write import run_dataset
 from .errors import PartnerError
@@ -46,6 +50,9 @@ ANSWER_TOKENS = 160
 # repetition penalty, the same for both columns, keeps the comparison readable and deterministic.
 REPETITION_PENALTY = 1.2
 QUICK_ANSWER_TOKENS = 24
+# Asked last, to show the warning: nothing in the example essays is close to it (coverage 0.0
+# against a threshold of ~0.26 calibrated on the example pairs).
+OFF_TOPIC_QUESTION = "Which football club should I support?"
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,8 @@ class Comparison:
     question: str
     base: str
     partner: str
+    citation: Citation | None = None  # the passages under the partner's answer
+    off_topic: bool = False
 
 
 @dataclass
@@ -129,24 +138,28 @@ def answer_all(model_ref: str | Path, system_prompt: str, questions: list[str], 
 
 def side_by_side(comparisons: list[Comparison], width: int, left: str = "Base model",
                  right: str = "Partner") -> str:
-    """The answers in two columns when there is room (width >= 100), else one after the other."""
+    """The answers in two columns when there is room (width >= 100), else one after the other;
+    under each, the passages the partner's answer rests on (or the not-grounded warning)."""
     out: list[str] = []
-    if width >= 100:
-        col = (width - 3) // 2
-        rule = "-" * col + "-+-" + "-" * col
-        for i, c in enumerate(comparisons, start=1):
-            out += ["", *textwrap.wrap(f"Q{i}. {c.question}", width), rule, f"{left:<{col}} | {right}", rule]
+    for i, c in enumerate(comparisons, start=1):
+        title = f"Q{i}{' (off-topic)' if c.off_topic else ''}. {c.question}"
+        if width >= 100:
+            col = (width - 3) // 2
+            rule = "-" * col + "-+-" + "-" * col
+            out += ["", *textwrap.wrap(title, width), rule, f"{left:<{col}} | {right}", rule]
             a = _wrap(c.base, col)
             b = _wrap(c.partner, col)
             for j in range(max(len(a), len(b))):
                 la = a[j] if j < len(a) else ""
                 lb = b[j] if j < len(b) else ""
                 out.append(f"{la:<{col}} | {lb}".rstrip())
-        return "\n".join(out)
-    for i, c in enumerate(comparisons, start=1):
-        out += ["", *textwrap.wrap(f"Q{i}. {c.question}", width), "",
-                f"  {left}:", *("    " + line for line in _wrap(c.base, width - 4)), "",
-                f"  {right}:", *("    " + line for line in _wrap(c.partner, width - 4))]
+        else:
+            out += ["", *textwrap.wrap(title, width), "",
+                    f"  {left}:", *("    " + line for line in _wrap(c.base, width - 4)), "",
+                    f"  {right}:", *("    " + line for line in _wrap(c.partner, width - 4))]
+        if c.citation is not None:
+            lines = citation_lines(c.citation, width - 2)
+            out += ([""] + [f"  {line}" for line in lines]) if lines else []
     return "\n".join(out)
 
 
@@ -257,17 +270,31 @@ def _demo_fuse(ws: Workspace, report: _Report) -> None:
 
 
 def _demo_compare(example: ExampleWorkspace, model_path: Path, answer_tokens: int, report: _Report) -> None:
-    """5. Base against partner, same system prompt, greedy."""
-    result, questions = report.result, example.questions
-    t0 = report.header(5, f"Base model and partner on {len(questions)} held-out questions "
-                          f"(greedy, repetition penalty {REPETITION_PENALTY}, same system prompt)")
+    """5. Base against partner, same system prompt, greedy; then the passages under each answer."""
+    result, questions = report.result, [*example.questions, OFF_TOPIC_QUESTION]
+    t0 = report.header(5, f"Base model and partner on {len(example.questions)} held-out questions and one "
+                          f"off-topic (greedy, repetition penalty {REPETITION_PENALTY}, same system prompt)")
     system_prompt = (result.run_dir / SYSTEM_PROMPT).read_text(encoding="utf-8")
     base_answers = answer_all(model_path, system_prompt, questions, answer_tokens,
                               lambda i: report.line(f"base model: answered {i}/{len(questions)}"))
     partner_answers = answer_all(result.model_dir, system_prompt, questions, answer_tokens,
                                  lambda i: report.line(f"partner: answered {i}/{len(questions)}"))
-    result.comparisons = [Comparison(q, b, p) for q, b, p in zip(questions, base_answers, partner_answers, strict=True)]
+    citations = _citations(example.ws, result, system_prompt, questions, partner_answers, report)
+    result.comparisons = [Comparison(q, b, p, c, off_topic=q == OFF_TOPIC_QUESTION)
+                          for q, b, p, c in zip(questions, base_answers, partner_answers, citations, strict=True)]
     report.done("compare", t0)
+
+
+def _citations(ws: Workspace, result: DemoResult, system_prompt: str, questions: list[str],
+               answers: list[str], report: _Report) -> list[Citation | None]:
+    """The passages under each partner answer, from the index the run saved (fuse copied it)."""
+    from .chat.index import open_citer  # retrieval loads numpy: not at --help time
+
+    target = ChatTarget(str(result.model_dir), None, system_prompt, "partner", result.run)
+    citer = open_citer(ws, target)
+    for note in [*citer.notes, *([citer.off] if citer.off else [])]:
+        report.line(note)
+    return [citer.cite(q, a) if citer.on else None for q, a in zip(questions, answers, strict=True)]
 
 
 def summary_lines(ws: Workspace, result: DemoResult) -> list[str]:

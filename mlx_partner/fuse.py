@@ -349,6 +349,9 @@ def _fuse(ws: Workspace, job: _Job, gguf: bool, quantize: bool, tolerance: float
             log(f"  {note}")
         if job.system_prompt:
             atomic_write_text(tmp / SYSTEM_PROMPT, job.system_prompt)
+        from .retrieval import copy_index  # [grounded-chat] (numpy: not at --help)
+
+        copy_index(job.run_dir, tmp)  # [grounded-chat] adapters/<run>/retrieval/ -> models/<run>/retrieval/
         atomic_write_json(tmp / SIDECAR, _record(job, dtype, check, gguf_path, notes))
         swap_into_place(tmp, target)
     finally:

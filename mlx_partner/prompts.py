@@ -7,6 +7,9 @@ functions, so the model is shown in chat exactly what it saw in training:
     ids = encode_prompt(tokenizer, render_prompt(tokenizer, messages, add_generation_prompt=True))
     tokens, offset = training_tokens(tokenizer, {"messages": [...]})   # as mlx-lm's trainer does
 
+`with_passages(question, passages)` puts passages of her writing before a question, the same way
+for training (`[dataset] passages = true`) and `chat --rag`.
+
 `hygiene_checks` renders one training example and one chat turn and reports whether they agree:
 the system prompt once, no default system prompt or date line of the template's own, the system
 text folded the same way for templates with no system role (Gemma), think blocks off alike.
@@ -21,7 +24,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import DatasetError, ModelError
 from .models import is_model_dir, models_cache, resolve_model
@@ -92,6 +95,43 @@ def chat_messages(system_prompt: str, turns: Sequence[dict], tokenizer: Any | No
             return turns
     return [{"role": "user", "content": system_prompt}, *turns]
 
+
+
+# --- passages of her writing before a question (`[dataset] passages = true` and `chat --rag`) ---
+
+RAG_PASSAGES = 3  # passages put before a question, in training and in chat alike
+RAG_PASSAGE_CHARS = 700  # about a paragraph; a longer passage is cut at a word
+RAG_HEADER = "Passages from your writing:"
+
+
+class PassageLike(Protocol):
+    """What a passage block needs of a passage (`retrieval.Passage` has it)."""
+
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
+def passage_block(passages: Sequence[PassageLike]) -> str:
+    """The passages as the model sees them: numbered, each with its title and document path."""
+    lines = [RAG_HEADER]
+    for i, p in enumerate(passages, 1):
+        text = " ".join(p.text.split())
+        if len(text) > RAG_PASSAGE_CHARS:
+            text = text[:RAG_PASSAGE_CHARS].rsplit(" ", 1)[0] + " ..."
+        lines.append(f"[{i}] {p.title} ({p.doc_id}): {text}")
+    return "\n".join(lines)
+
+
+def with_passages(question: str, passages: Sequence[PassageLike]) -> str:
+    """The user turn with passages before the question: the one renderer for training examples
+    (`dataset.passages`) and `chat --rag`, so both show the model the same thing."""
+    if not passages:
+        return question
+    return f"{passage_block(passages)}\n\nQuestion: {question}"
 
 # --- the tokenizer and what training sees ------------------------------------------------------
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "SourceIndex",
     "build_index",
     "calibrate_threshold",
+    "copy_index",
     "sources_fingerprint",
 ]
 
@@ -204,3 +206,16 @@ def build_index(documents: Sequence[Document], answerable: Sequence[str] = ()) -
         record = calibrate_threshold(index, answerable)
         index.threshold, index.calibration = record["threshold"], record
     return index
+
+
+# --- the run's index, carried into the fused model (fuse) ----------------------------------------
+
+
+def copy_index(run_dir: Path, model_dir: Path) -> bool:
+    """Copy adapters/<run>/retrieval/ into a model folder, so the fused model cites what its run
+    was trained on. False when the run has no index (trained before there was one)."""
+    source = Path(run_dir) / INDEX_DIR
+    if not (source / INDEX_FILE).is_file():
+        return False
+    shutil.copytree(source, Path(model_dir) / INDEX_DIR, dirs_exist_ok=True)
+    return True

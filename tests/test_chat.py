@@ -126,10 +126,20 @@ def test_context_trimming_drops_oldest_turns_and_says_so_once(loaded):
     assert all("number 0 " not in q for q, _ in s.history)
 
 
-def test_a_message_too_long_for_the_window_is_a_clear_error(loaded):
-    s = session(loaded, window=64, max_tokens=16)
-    with pytest.raises(PartnerError, match="shorten it"):
-        s.reply("word " * 200)
+def test_a_message_too_long_for_the_window_is_cut_to_what_fits_and_answered(loaded):
+    s = session(loaded, window=160, max_tokens=16)
+    s.reply("word " * 200)
+    kept = s.history[-1][0]
+    assert kept.startswith("word word") and len(kept) < 200 * 5 and not kept.endswith(" ")
+    assert 100 < s.stats.prompt_tokens <= 160 - 16
+    (notice,) = s.pop_notices()
+    assert f"only its first {len(kept)} of 1000 characters were used" in notice
+
+
+def test_a_system_prompt_too_long_for_the_window_is_a_clear_error(loaded):
+    s = ChatSession(loaded.model, loaded.tokenizer, SYSTEM * 20, temperature=0.0, max_tokens=16, window=64)
+    with pytest.raises(PartnerError, match="system prompt alone is more than the 48 tokens"):
+        s.reply("Hello?")
 
 
 def test_max_tokens_must_leave_room(loaded):
@@ -266,9 +276,9 @@ def test_ctrl_c_stops_a_reply_but_not_the_repl(model_dir, tmp_path, monkeypatch)
     real_ask = chat.ChatSession.ask
     calls = {"n": 0}
 
-    def ask(self, question):
+    def ask(self, question, passages=()):
         calls["n"] += 1
-        stream = real_ask(self, question)
+        stream = real_ask(self, question, passages)
         if calls["n"] == 1:  # the first reply is interrupted after one piece
             yield next(stream)
             raise KeyboardInterrupt

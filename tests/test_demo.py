@@ -13,9 +13,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mlx_partner.chat.citations import NOT_GROUNDED, Citation, Cited
 from mlx_partner.cli import cli
 from mlx_partner.config import Settings
-from mlx_partner.demo import Comparison, demo_settings, example_workspace, side_by_side
+from mlx_partner.demo import (
+    OFF_TOPIC_QUESTION,
+    Comparison,
+    demo_settings,
+    example_workspace,
+    side_by_side,
+)
 from mlx_partner.errors import PartnerError
 from mlx_partner.workspace import Workspace
 
@@ -80,6 +87,20 @@ def test_side_by_side_in_two_columns():
     assert "\x1b" not in text  # a model's control characters never reach the terminal
 
 
+def test_side_by_side_shows_the_passages_under_the_partners_answer():
+    cited = Citation((Cited("repair/three-tools.md", "Three Tools", "The three tools are a set of hex keys.", 1.0, 9),),
+                     grounded=True)
+    comparisons = [Comparison("Is it worth repairing a kettle?", "No.", "Yes.", cited),
+                   Comparison(OFF_TOPIC_QUESTION, "Arsenal.", "Chelsea.", Citation(), off_topic=True)]
+    for width in (100, 60):
+        text = side_by_side(comparisons, width)
+        assert text.index("Yes.") < text.index("  From your writing:") < text.index("  [1] repair/three-tools.md:9  Three Tools")
+        assert '      "The three tools are a set of hex keys."' in text
+        assert f"Q2 (off-topic). {OFF_TOPIC_QUESTION}" in text
+        assert " ".join(text.split()).endswith(NOT_GROUNDED)  # wrapped to the width when narrow
+        assert all(len(line) <= width for line in text.splitlines())
+
+
 def test_side_by_side_stacked_when_narrow():
     text = side_by_side(COMPARISONS, 60)
     assert "|" not in text
@@ -99,6 +120,12 @@ def test_quick_demo_end_to_end_on_the_tiny_model(example_ws, tiny_model):
     questions = (example_ws / "examples" / "demo_questions.txt").read_text().splitlines()
     for i, q in enumerate(questions, start=1):
         assert f"Q{i}. {q}" in out
+    # Each held-out answer is followed by the passages it rests on; the off-topic one by the warning.
+    blocks = out.split("\nQ")[1:]
+    assert len(blocks) == 4 and blocks[3].startswith(f"4 (off-topic). {OFF_TOPIC_QUESTION}")
+    for block, doc in zip(blocks[:3], ["repair/", "streets/", "notebooks/"], strict=True):
+        assert "  From your writing:" in block and f"  [1] {doc}" in block and NOT_GROUNDED not in block
+    assert f"  {NOT_GROUNDED}" in blocks[3] and "From your writing" not in blocks[3]
     assert "Done in" in out and "Next: talk to the partner with `mlx-partner chat`" in out
 
     ws = Workspace.at(example_ws)
@@ -151,7 +178,8 @@ def test_real_demo_on_smollm2(example_ws):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["total"] < 15 * 60
     assert result["best"] < result["base"]
-    assert len(result["pairs"]) == 3
+    assert len(result["pairs"]) == 4  # three held-out questions, then the off-topic one
+    result["pairs"] = result["pairs"][:3]
     assert sum(partner != base for base, partner in result["pairs"]) >= 2
     # Toward the author: more of the partner's words are words of her hand-written answers.
     pairs, _ = read_jsonl(example_ws / "examples" / "pairs.jsonl")

@@ -2,7 +2,8 @@
 
     target = resolve_target(ws)                      # the latest run: fused model, else base + adapters
     session, loaded = open_session(target, temperature=0.7, top_p=0.9, max_tokens=512)
-    run_repl(session, target.label)                  # or: session.reply("one question")
+    citer = open_citer(ws, target)                   # chat.index: the run's index of her writing
+    run_repl(session, target.label, citer)           # or: run_prompt(session, citer, "a question")
 
 Modules, each importing only those above it in this list:
 
@@ -10,13 +11,18 @@ Modules, each importing only those above it in this list:
   session.py     ChatSession: history, one KV cache reused across turns, trimming to the window,
                  streaming; open_session loads the target's model (mlx and mlx_lm stay lazy)
   transcript.py  the conversation as Markdown, for /save
-  repl.py        the REPL loop and its /commands
+  citations.py   what goes under an answer (Citation, Cited, the lines), the quote check
+  passages.py    the passages an answer rests on, ranked over the index; --rag's passages
+  index.py       Citer and open_citer: the run's index checked against the current sources
+  repl.py        the REPL loop, its /commands, and --prompt (--json)
 
 The names below are the package's public API; code and tests inside the project import them from
-the module that defines them.
+the module that defines them. `passages` and `index` are not imported here: they load numpy
+(through `retrieval`), and `mlx-partner --help` imports this package.
 """
 
-from .repl import HELP, handle_command, run_repl
+from .citations import Citation, Cited, citation_lines, quoted_spans, unverified_quotes
+from .repl import HELP, handle_command, run_prompt, run_repl
 from .session import ChatSession, TurnStats, common_prefix, context_window, open_session
 from .target import ChatTarget, no_run_message, resolve_target
 from .transcript import save_transcript, transcript_markdown
@@ -25,14 +31,20 @@ __all__ = [
     "HELP",
     "ChatSession",
     "ChatTarget",
+    "Citation",
+    "Cited",
     "TurnStats",
+    "citation_lines",
     "common_prefix",
     "context_window",
     "handle_command",
     "no_run_message",
     "open_session",
+    "quoted_spans",
     "resolve_target",
+    "run_prompt",
     "run_repl",
     "save_transcript",
     "transcript_markdown",
+    "unverified_quotes",
 ]

@@ -4,7 +4,10 @@
     for piece in session.ask("What makes a good loaf?"):   # streamed text pieces
         print(piece, end="")
 
-`ChatSession.ask(text)` streams the reply's text pieces and keeps the history. Across turns it
+`ChatSession.ask(text)` streams the reply's text pieces and keeps the history; `ask(text, passages)`
+(chat --rag) shows the model passages of her writing before the question, rendered by
+`prompts.with_passages` as training renders them, while the history keeps the question alone. A
+message too long for the window is cut to the part that fits (said once). Across turns it
 keeps one KV cache: each turn renders the whole conversation through the same chat template as
 training, keeps the cached tokens that are a prefix of it, and prefills only the rest. When the
 conversation outgrows the context window the oldest turns are dropped (the system prompt always
@@ -14,14 +17,14 @@ stays). `mlx` and `mlx_lm` are imported where they are used, so importing this m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import PartnerError
 from ..models import load_model
-from ..prompts import chat_messages, encode_prompt, render_prompt
+from ..prompts import PassageLike, chat_messages, encode_prompt, render_prompt, with_passages
 from .target import ChatTarget
 
 
@@ -105,8 +108,9 @@ class ChatSession:
         """Token ids of the conversation plus `question`, rendered and tokenized as in training."""
         return encode_prompt(self.tokenizer, render_prompt(self.tokenizer, self.messages(turns, question), True))
 
-    def _fit(self, question: str) -> list[int]:
-        """Tokens of the conversation plus `question`, dropping the oldest turns to fit the window.
+    def _fit(self, question: str, passages: Sequence[PassageLike] = ()) -> tuple[list[int], str]:
+        """Tokens of the conversation plus `question`, dropping the oldest turns to fit the window;
+        returns them with the question as it was kept (cut when it alone is too long).
 
         Once turns must go, it drops down to 3/4 of the room rather than just under it: every drop
         changes the start of the conversation, so the cache must be prefilled again, and some slack
@@ -115,17 +119,14 @@ class ChatSession:
         budget = self.window - self.max_tokens
         limit = budget
         while True:
-            tokens = self.encode(self.history, question)
+            tokens = self.encode(self.history, with_passages(question, passages))
             if len(tokens) <= limit:
-                return tokens
+                return tokens, question
             limit = min(limit, max(budget * 3 // 4, 1))
             if len(tokens) <= budget and not self.history:
-                return tokens
+                return tokens, question
             if not self.history:
-                raise PartnerError(
-                    f"This message is {len(tokens)} tokens with the system prompt, more than the "
-                    f"{budget} the context window leaves after max_tokens={self.max_tokens}; shorten it."
-                )
+                return self._cut(question, passages, budget, len(tokens))
             self.history.pop(0)
             self.trimmed_turns += 1
             if not self._trim_told:
@@ -134,6 +135,34 @@ class ChatSession:
                     f"(The conversation is longer than the context window of {self.window} tokens; "
                     f"the oldest turns are being dropped from now on.)"
                 )
+
+    def _cut(self, question: str, passages: Sequence[PassageLike], budget: int, total: int) -> tuple[list[int], str]:
+        """The longest start of `question` (cut at a space) that fits `budget` with the system prompt
+        and the passages: a 50 KB paste is answered from its first part, not refused."""
+
+        def fits(n: int) -> list[int] | None:
+            tokens = self.encode([], with_passages(question[:n].rstrip(), passages))
+            return tokens if len(tokens) <= budget else None
+
+        if fits(0) is None:
+            if passages:  # no room for the passages: answer without them
+                return self._cut(question, (), budget, total)
+            raise PartnerError(
+                f"The system prompt alone is more than the {budget} tokens the context window leaves after "
+                f"max_tokens={self.max_tokens}; lower --max-tokens or raise max_kv_size."
+            )
+        lo, hi = 0, len(question)
+        while lo < hi:  # the largest n that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) is not None else (lo, mid - 1)
+        space = question.rfind(" ", 0, lo + 1)
+        n = space if space > lo - 40 and space > 0 else lo
+        kept = question[:n].rstrip()
+        self._notices.append(
+            f"(Your message was {total} tokens with the system prompt, more than the {budget} the context window "
+            f"leaves for it; only its first {len(kept)} of {len(question)} characters were used.)"
+        )
+        return fits(len(kept)) or self.encode([], with_passages(kept, passages)), kept
 
     def pop_notices(self) -> list[str]:
         """Messages for the user (e.g. that old turns are being dropped), each given once."""
@@ -192,16 +221,17 @@ class ChatSession:
         elif trim_prompt_cache(self._cache, offset - len(self._cached)) != offset - len(self._cached):
             self._cache, self._cached = None, []
 
-    def ask(self, question: str) -> Iterator[str]:
+    def ask(self, question: str, passages: Sequence[PassageLike] = ()) -> Iterator[str]:
         """Stream the reply to `question` as text pieces; the turn joins the history when done.
 
-        Closing the iterator early (Ctrl-C in the REPL) keeps the partial reply in the history
-        and the cache consistent, so the conversation goes on.
+        `passages` go before the question in this turn's prompt only (`chat --rag`). Closing the
+        iterator early (Ctrl-C in the REPL) keeps the partial reply in the history and the cache
+        consistent, so the conversation goes on.
         """
         from mlx_lm.generate import stream_generate
 
         start = time.perf_counter()
-        tokens = self._fit(question)
+        tokens, question = self._fit(question, passages)
         suffix = self._prepare_cache(tokens)
         self.stats = TurnStats(prompt_tokens=len(tokens), prefill_tokens=len(suffix),
                                reused_tokens=len(tokens) - len(suffix))
@@ -229,9 +259,9 @@ class ChatSession:
             self._settle_cache()
             self.history.append((question, "".join(pieces).strip()))
 
-    def reply(self, question: str) -> str:
+    def reply(self, question: str, passages: Sequence[PassageLike] = ()) -> str:
         """The whole reply at once."""
-        return "".join(self.ask(question))
+        return "".join(self.ask(question, passages))
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays) and empty the cache."""

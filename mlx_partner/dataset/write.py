@@ -46,6 +46,7 @@ from .manifest import (
     previous_test_ids,
 )
 from .pairs import Pair, PairsRead, drop_duplicates, duplicate_key, pair_files, read_pairs
+from .passages import passage_questions  # [grounded-chat]
 from .splits import plan_splits, split_capacity
 from .stats import LengthStats, length_stats, suggested_max_seq_length
 from .system_prompt import resolve_system_prompt
@@ -259,8 +260,11 @@ def _run(ws: Workspace, settings: Settings, extra: list[Path], base_model: str |
     except ModelError as exc:
         warnings.append(f"Length stats and template hygiene skipped: base model {model_ref}: {str(exc).rstrip('.')}.")
 
+    # [grounded-chat] `[dataset] passages = true`: passages of her writing before each question (passages.py)
+    asked = passage_questions(ws, pairs, ds.seed) if ds.passages else {}
+
     def example(p: Pair) -> dict[str, Any]:
-        turns = [{"role": "user", "content": p.question}, {"role": "assistant", "content": p.answer}]
+        turns = [{"role": "user", "content": asked.get(p.id, p.question)}, {"role": "assistant", "content": p.answer}]
         return {"messages": chat_messages(system_prompt, turns, tokenizer)}
 
     examples = {s: [example(p) for p in split_pairs[s]] for s in SPLITS}

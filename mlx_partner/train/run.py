@@ -3,7 +3,9 @@
 `run_train` is the one entry point. It takes the workspace lock, opens adapters/<run>/ (a new
 run, a resumed one, or one continuing an earlier run's adapters), loads the base model and the
 data, prints the memory plan, has `loop` run mlx-lm's trainer, and records the outcome in the
-manifest (see `runs` for the folder's layout). A finished run becomes adapters/latest.
+manifest (see `runs` for the folder's layout). A finished run becomes adapters/latest. The
+run's index of the author's writing (`index`: chat's citations) goes to adapters/<run>/retrieval/
+before training starts.
 """
 
 from __future__ import annotations
@@ -216,6 +218,7 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
     """Load, plan, add adapters, train, and record the outcome (under the workspace lock)."""
     # loop imports mlx and mlx-lm (about a second): here, once training really starts.
     from . import loop
+    from .index import save_run_index  # retrieval loads numpy: not at --help time
 
     say = stderr if progress and rank0 else _silent
     loaded = load_model(start.settings.base_model, workspace_root=ws.root)
@@ -237,10 +240,14 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
     checkpoint = (start.previous or {}).get("checkpoint") or {}
     restored = bool(start.offset) and loop.restore_checkpoint(model, opt, run_dir, checkpoint)
     notes = list(data.notes) + _resume_notes(start, restored, sched, say)
+    index = None
     if rank0:
         _write_run_files(run_dir, data.system_prompt, adapter_config(s, loaded.path, len(model.layers), sched))
+        index, line = save_run_index(ws, run_dir)  # the passages chat cites (train/index.py)
+        say(line)
     m = _start_manifest(ws, start, s, loaded, data)
     m.update({
+        "retrieval": index,
         "status": "running", "dtype": loaded.dtype, "machine": machine_info(on_cpu), "versions": versions(),
         "schedule": asdict(sched), "trainable_parameters": loop.count_trainable(model),
         "memory_plan_gb": round(plan.estimate.total / GB, 3), "started": utc_now(),
