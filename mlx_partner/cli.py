@@ -602,9 +602,11 @@ def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool,
 
 
 def _echo_eval(metrics: dict, out_dir: Path) -> None:
-    from .evaluate.report import comparison_rows, summary_rows
+    from .evaluate.report import comparison_rows, retrieval_line, summary_rows
 
     click.echo(table(["metric", "base", metrics["run"]], summary_rows(metrics)))
+    if retrieval_line(metrics):
+        click.echo(retrieval_line(metrics))
     comparison = metrics.get("comparison")
     if comparison:
         click.echo(f"\n{comparison['new']} against {comparison['old']} on the same held-out pairs "
@@ -620,21 +622,25 @@ def _echo_eval(metrics: dict, out_dir: Path) -> None:
 @click.option("--loss-limit", type=click.IntRange(min=0), default=40, show_default=True,
               help="Pairs per split (test, valid) scored for loss and perplexity.")
 @click.option("--probes", type=click.IntRange(min=0), default=6, show_default=True,
-              help="Questions on topics absent from your sources (groundedness probe).")
+              help="Far probes: questions on topics absent from your sources.")
+@click.option("--near-probes", type=click.IntRange(min=0),
+              help="Near-domain probes asked from data/probes.jsonl (default: all of them).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=96, show_default=True, help="Longest generated answer.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for choosing questions and probes.")
 @click.option("--compare", "compare_with", help="An earlier evaluated run to compare with on the pairs both share.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @pass_app
-def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, probes: int, max_tokens: int,
-                 seed: int, compare_with: str | None, quiet: bool) -> None:
+def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, probes: int, near_probes: int | None,
+                 max_tokens: int, seed: int, compare_with: str | None, quiet: bool) -> None:
     """Compare the base model and a tuned run on your held-out pairs.
 
     Scores both on the test split (and valid): loss and perplexity on your answers, generated
-    answers against yours (word F1, ROUGE-L), style similarity to your sources, and how often
-    each says it has not written about topics absent from your sources. Greedy decoding: the
-    same run, data and seed give the same numbers. Writes eval/<run>/report.md, chart.png and
-    metrics.json.
+    answers against yours (word F1, ROUGE-L), style similarity to your sources, and declines:
+    on near-domain probes your writing does not answer (data/probes.jsonl), on far probes, and
+    (false declines) on held-out questions you did answer. Also how often the top passage of
+    your writing for a held-out question is from the essay its pair cites, and how many quoted
+    spans in the answers are in your writing. Greedy decoding: the same run, data and seed give
+    the same numbers. Writes eval/<run>/report.md, chart.png and metrics.json.
 
     \b
     Example:
@@ -644,7 +650,8 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
     from .evaluate.run import run_eval
 
     result = run_eval(app.workspace, app.settings, run_name, limit=limit, loss_limit=loss_limit, probes=probes,
-                      max_tokens=max_tokens, seed=seed, compare_with=compare_with, progress=not quiet)
+                      near_probes=near_probes, max_tokens=max_tokens, seed=seed, compare_with=compare_with,
+                      progress=not quiet)
     _echo_eval(result.metrics, result.out_dir)
 
 

@@ -263,6 +263,7 @@ def trained(tiny_model, tmp_path_factory):
     shutil.copy(REPO / "profile.md", ws / "profile.md")
     (ws / "data" / "pairs").mkdir(parents=True)
     shutil.copy(REPO / "examples" / "pairs.jsonl", ws / "data" / "pairs" / "hand.jsonl")
+    shutil.copy(REPO / "examples" / "probes.jsonl", ws / "data" / "probes.jsonl")
     (ws / "partner.toml").write_text(
         f'[train]\nbase_model = "{tiny_model}"\niters = 2\nbatch_size = 2\nmax_seq_length = 384\n', encoding="utf-8")
     for args in (["dataset"], ["train", "--quiet", "--run", "run-1"]):
@@ -271,7 +272,7 @@ def trained(tiny_model, tmp_path_factory):
     return ws
 
 
-EVAL_ARGS = ("--limit", "3", "--probes", "2", "--max-tokens", "6", "--quiet")
+EVAL_ARGS = ("--limit", "3", "--probes", "2", "--near-probes", "3", "--max-tokens", "6", "--quiet")
 
 
 def test_eval_writes_report_chart_and_metrics(trained):
@@ -279,9 +280,14 @@ def test_eval_writes_report_chart_and_metrics(trained):
     assert result.exit_code == 0, result.output
     out = trained / "eval" / "run-1"
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["version"] == 2
     for label in ("base", "tuned"):
         s = metrics["summary"][label]
-        assert s["answers"] == 3 and s["probes"] == 2
+        assert s["answers"] == 3 and s["probes"] == 2 and s["near_probes"] == 3
+        assert s["answerable"] + s["boundary_answers"] == 3
+        for key in ("near_declines", "grounded", "quotes_verified"):
+            assert s[key] is None or 0 <= s[key] <= 1
+        assert len(metrics["scores"][label]["near_probes"]) == 3
         assert s["test"]["examples"] > 0 and s["valid"]["examples"] > 0
         assert s["test"]["perplexity"] == pytest.approx(math.exp(s["test"]["loss"]))
         assert 0 <= s["f1"] <= 1 and 0 <= s["rouge_l"] <= 1 and 0 <= s["style"] <= 1
@@ -292,9 +298,15 @@ def test_eval_writes_report_chart_and_metrics(trained):
     assert width > 100 and height > 100
     report = (out / "report.md").read_text()
     assert "![base and tuned scores](chart.png)" in report and "| test loss" in report
-    assert "## Groundedness probe" in report
-    for row in ("test loss", "test perplexity", "valid loss", "answer F1", "ROUGE-L", "style similarity", "grounded"):
+    assert "## Near-domain probes" in report and "## Far probes" in report and "## Retrieval" in report
+    for row in ("test loss", "test perplexity", "valid loss", "answer F1", "ROUGE-L", "style similarity",
+                "declines near-domain probes", "declines far probes", "false declines", "quoted spans"):
         assert row in result.output
+    # Retrieval does not depend on the model: measured once, printed under the table.
+    retrieval = metrics["retrieval"]
+    assert retrieval["questions"] > 0 and 0 <= retrieval["accuracy"] <= 1
+    assert f"{retrieval['hits']}/{retrieval['questions']} held-out questions" in result.output
+    assert retrieval["probes"]["probes"] == 3 and retrieval["probes"]["covered"] == 0
     assert "report.md" in result.output
 
 

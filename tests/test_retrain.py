@@ -149,8 +149,12 @@ def test_retrain_after_a_new_theme(workspace, fake_anthropic, monkeypatch):
     report = (workspace / "eval" / new_run / "report.md").read_text()
     assert f"## {new_run} against {old_run}" in report
     assert f"against {old_run}, on the same held-out pairs ({len(old_keys)} answers" in result.output
-    for metric in ("test loss", "answer F1", "ROUGE-L", "style similarity", "grounded"):
+    # The three decline figures, compared across the runs on the probes both were asked.
+    for metric in ("test loss", "answer F1", "ROUGE-L", "style similarity", "declines near-domain probes",
+                   "declines far probes", "false declines (answerable)"):
         assert metric in result.output
+    assert comparison["shared_probes"] == len(old_eval["scores"]["tuned"]["probes"]) + len(
+        old_eval["scores"]["tuned"].get("near_probes", {}))
 
     # And now nothing has changed any more.
     fake_anthropic.reset_log()

@@ -10,14 +10,20 @@ a seeded selection), on:
   as in training (mlx-lm's ChatDataset offsets);
 - generated answers against the reference answers: word-overlap F1 and ROUGE-L (pure Python LCS);
 - style: character n-gram TF-IDF cosine similarity of an answer to the author's sources (numpy);
-- groundedness: questions on topics absent from the sources, where the partner should say the
-  author has not written about it (`mlx_partner.decline`); the share of answers that do.
+- declines (`mlx_partner.decline`): on near-domain probes (data/probes.jsonl: questions in her field
+  her writing does not answer, never trained on), on the built-in far probes, and false declines on
+  held-out questions she did answer;
+- retrieval: how often the top passage for a held-out question is from the document its pair
+  cites, and how many quoted spans in the answers occur in her writing.
 
 Modules, each importing only those above it in this list:
 
   metrics.py   pure text metrics: words, word F1, ROUGE-L, the style model
-  probes.py    the groundedness probe's questions, chosen from topics absent from the sources
-  examples.py  the held-out conversations, keyed by content, and a seeded selection of them
+  probes.py    the probes: far ones chosen from topics absent from the sources, near ones read
+               from data/probes.jsonl
+  examples.py  the held-out conversations, keyed by content, with their kind and cited documents,
+               and a seeded selection of them
+  grounded.py  retrieval accuracy, quoted spans checked against the sources, probe coverage
   summary.py   means over one model's records; two runs compared on the pairs both share
   scoring.py   one model over the examples (mlx): answer loss, greedy answers; the record cache
   report.py    the CLI's summary rows, report.md and chart.png
@@ -29,10 +35,18 @@ the module that defines them.
 
 from __future__ import annotations
 
-from .examples import EvalExample, example_key, load_examples, select_examples
+from .examples import (
+    EvalExample,
+    example_key,
+    load_examples,
+    plain_question,
+    select_examples,
+    split_meta,
+)
+from .grounded import probe_coverage, quote_record, quoted_spans, retrieval_accuracy
 from .metrics import StyleModel, fit_style, lcs_length, rouge_l, word_f1, words
-from .probes import probe_questions
-from .report import comparison_rows, render_report, summary_rows, write_chart
+from .probes import PROBES_FILE, NearProbes, install_probes, probe_questions, read_near_probes
+from .report import comparison_rows, render_report, retrieval_line, summary_rows, write_chart
 from .run import (
     DEFAULT_LIMIT,
     DEFAULT_LOSS_LIMIT,
@@ -54,8 +68,10 @@ __all__ = [
     "DEFAULT_PROBES",
     "METRICS_FILE",
     "METRICS_VERSION",
+    "PROBES_FILE",
     "EvalExample",
     "EvalResult",
+    "NearProbes",
     "StyleModel",
     "answer_loss",
     "answer_losses",
@@ -63,15 +79,24 @@ __all__ = [
     "comparison_rows",
     "example_key",
     "fit_style",
+    "install_probes",
     "lcs_length",
     "load_examples",
+    "plain_question",
+    "probe_coverage",
     "probe_questions",
+    "quote_record",
+    "quoted_spans",
     "read_metrics",
+    "read_near_probes",
     "render_report",
+    "retrieval_accuracy",
+    "retrieval_line",
     "rouge_l",
     "run_eval",
     "score_model",
     "select_examples",
+    "split_meta",
     "summarize",
     "summary_rows",
     "word_f1",

@@ -1,10 +1,14 @@
 """The held-out examples eval scores: conversations from the test and valid splits.
 
-    test = load_examples(ws.split_path("test"), "test")
+    meta = split_meta(ws)                                   # each line's kind and cited documents
+    test = load_examples(ws.split_path("test"), "test", meta.get("test"))
     picked = select_examples(test, limit=20, seed=0, prefer=earlier_keys)
 
 Each example is keyed by a hash of its user and assistant turns (not the system prompt), so an
-example keeps its key across dataset rebuilds and a later eval can ask the same questions.
+example keeps its key across dataset rebuilds and a later eval can ask the same questions. The
+split files are mlx-lm's chat format, which has no room for a pair's kind or sources; those come
+from data/dataset.json, line for line, when its hash vouches for the files as they are. Without
+it, an example whose reference answer declines is taken for a boundary pair.
 """
 
 from __future__ import annotations
@@ -13,10 +17,20 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..workspace import read_jsonl
+from ..dataset.duplicates import BOUNDARY
+from ..dataset.manifest import SPLITS, dataset_hash, load_manifest
+from ..decline import is_decline
+from ..errors import DatasetError
+from ..workspace import Workspace, read_jsonl
 
-__all__ = ["EvalExample", "example_key", "load_examples", "select_examples"]
+__all__ = ["EvalExample", "example_key", "load_examples", "plain_question", "select_examples", "split_meta"]
+
+# `[dataset] passages = true` puts passages before the question in the user turn
+# (retrieval.with_passages); retrieval is measured on the question itself.
+_PASSAGES_HEADER = "Passages from your writing:"
+_QUESTION_MARK = "\n\nQuestion: "
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,13 @@ class EvalExample:
     key: str  # content hash of its user and assistant turns: stable across dataset rebuilds
     split: str
     messages: tuple[dict[str, str], ...]
+    kind: str = ""  # the pair's kind (genuine, ..., boundary); "" when dataset.json does not say
+    sources: tuple[str, ...] = ()  # the documents the pair cites
+
+    @property
+    def expects_decline(self) -> bool:
+        """A boundary pair: the author's answer declines, so declining is right here."""
+        return self.kind == BOUNDARY if self.kind else is_decline(self.reference)
 
     @property
     def system(self) -> str:
@@ -46,17 +67,41 @@ def example_key(messages: Sequence[dict[str, str]]) -> str:
     return hashlib.sha256(repr(turns).encode("utf-8")).hexdigest()[:16]
 
 
-def load_examples(path: Path, split: str) -> list[EvalExample]:
-    """Conversations ending in an assistant answer, from one mlx-lm chat JSONL file."""
-    records, _bad = read_jsonl(path)
+def plain_question(question: str) -> str:
+    """The question without the passages `[dataset] passages = true` puts before it."""
+    if question.startswith(_PASSAGES_HEADER) and _QUESTION_MARK in question:
+        return question.rsplit(_QUESTION_MARK, 1)[1].strip()
+    return question
+
+
+def split_meta(ws: Workspace) -> dict[str, list[dict[str, Any]]]:
+    """{split: [{"id", "kind", "sources", ...} per line]} from data/dataset.json, or {} when it is
+    missing, unreadable, or does not vouch for the split files as they are now."""
+    try:
+        manifest = load_manifest(ws)
+    except DatasetError:
+        return {}
+    if manifest.get("hash") != dataset_hash(ws):
+        return {}
+    examples = manifest.get("examples") or {}
+    return {s: list(examples.get(s) or []) for s in SPLITS}
+
+
+def load_examples(path: Path, split: str, meta: Sequence[dict[str, Any]] | None = None) -> list[EvalExample]:
+    """Conversations ending in an assistant answer, from one mlx-lm chat JSONL file; `meta` (the
+    manifest's records for this split, line for line) adds each one's kind and cited documents."""
+    records, bad = read_jsonl(path)
+    aligned = meta is not None and not bad and len(meta) == len(records)
     out = []
-    for record in records:
+    for n, record in enumerate(records):
         messages = record.get("messages")
         if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
             continue
         if not any(m.get("role") == "user" for m in messages):
             continue
-        out.append(EvalExample(example_key(messages), split, tuple(messages)))
+        info = meta[n] if aligned and meta is not None and isinstance(meta[n], dict) else {}
+        sources = tuple(str(s) for s in info.get("sources") or () if isinstance(s, str))
+        out.append(EvalExample(example_key(messages), split, tuple(messages), str(info.get("kind") or ""), sources))
     return out
 
 

@@ -17,7 +17,16 @@ from ..decline import DECLINE_PHRASE
 from ..plots import bar_chart
 from ..textfmt import md_table
 
-__all__ = ["CHART_METRICS", "COMPARE_ROWS", "comparison_rows", "fmt", "render_report", "summary_rows", "write_chart"]
+__all__ = ["CHART_METRICS", "COMPARE_ROWS", "DECLINE_ROWS", "comparison_rows", "fmt", "render_report",
+           "retrieval_line", "summary_rows", "write_chart"]
+
+# The three decline figures (and the held-out boundary pairs'): (row name, share key, count key).
+DECLINE_ROWS = (
+    ("declines near-domain probes", "near_declines", "near_probes"),
+    ("declines far probes", "grounded", "probes"),
+    ("false declines: answerable held-out (lower is better)", "abstained_answerable", "answerable"),
+    ("declines held-out boundary pairs", "boundary_declines", "boundary_answers"),
+)
 
 # (row name, split or None, summary key, which direction is better)
 COMPARE_ROWS = (
@@ -26,12 +35,15 @@ COMPARE_ROWS = (
     ("answer F1", None, "f1", "higher"),
     ("ROUGE-L", None, "rouge_l", "higher"),
     ("style similarity", None, "style", "higher"),
-    ("grounded (probes)", None, "grounded", "higher"),
-    ("declines held-out questions", None, "abstained_answerable", "lower"),
+    ("declines near-domain probes", None, "near_declines", "higher"),
+    ("declines far probes", None, "grounded", "higher"),
+    ("false declines (answerable)", None, "abstained_answerable", "lower"),
+    ("quoted spans verified", None, "quotes_verified", "higher"),
 )
 
 # The chart's groups: (label, summary key), all on a 0..1 scale.
-CHART_METRICS = (("F1", "f1"), ("ROUGE-L", "rouge_l"), ("style", "style"), ("grounded", "grounded"))
+CHART_METRICS = (("F1", "f1"), ("ROUGE-L", "rouge_l"), ("style", "style"), ("near declines", "near_declines"),
+                 ("far declines", "grounded"), ("false declines\n(lower is better)", "abstained_answerable"))
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -54,13 +66,10 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, base, tuned) rows for the summary table."""
     base, tuned = metrics["summary"]["base"], metrics["summary"]["tuned"]
 
-    def grounded(s: dict[str, Any]) -> str:
-        return _count(s["grounded"], s["probes"])
+    def share(s: dict[str, Any], key: str, count: str) -> str:
+        return _count(s.get(key), s.get(count, 0))
 
-    def declined(s: dict[str, Any]) -> str:
-        return _count(s.get("abstained_answerable"), s["answers"])
-
-    return [
+    rows = [
         (f"test loss ({base['test']['examples']} pairs)", fmt(base["test"]["loss"]), fmt(tuned["test"]["loss"])),
         ("test perplexity", fmt(base["test"]["perplexity"], 2), fmt(tuned["test"]["perplexity"], 2)),
         (f"valid loss ({base['valid']['examples']} pairs)", fmt(base["valid"]["loss"]), fmt(tuned["valid"]["loss"])),
@@ -68,9 +77,27 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
         (f"answer F1 ({tuned['answers']} answers)", fmt(base["f1"]), fmt(tuned["f1"])),
         ("answer ROUGE-L", fmt(base["rouge_l"]), fmt(tuned["rouge_l"])),
         (f"style similarity (references: {fmt(metrics.get('reference_style'))})", fmt(base["style"]), fmt(tuned["style"])),
-        ("grounded: says it has not written on it", grounded(base), grounded(tuned)),
-        ("declines held-out questions (lower is better)", declined(base), declined(tuned)),
     ]
+    for name, key, count in DECLINE_ROWS:
+        if count != "boundary_answers" or tuned.get(count):
+            rows.append((name, share(base, key, count), share(tuned, key, count)))
+    rows.append(("quoted spans found in your writing", share(base, "quotes_verified", "quote_spans"),
+                 share(tuned, "quotes_verified", "quote_spans")))
+    return rows
+
+
+def retrieval_line(metrics: dict[str, Any]) -> str:
+    """One line on retrieval accuracy, as `eval` prints it ('' for an eval made before it existed)."""
+    r = metrics.get("retrieval") or {}
+    if not r.get("questions"):
+        return ""
+    line = (f"Retrieval: the top passage is from the essay the pair cites for {r['hits']}/{r['questions']} "
+            f"held-out questions ({r['accuracy']:.0%}, the question alone).")
+    probes = r.get("probes") or {}
+    if probes.get("probes"):
+        line += (f" Near-domain probes covered like answered questions (coverage >= {probes['threshold']:.2f}): "
+                 f"{probes['covered']}/{probes['probes']}.")
+    return line
 
 
 def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -78,8 +105,8 @@ def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str
     rows = []
     old, new = comparison["old_summary"], comparison["new_summary"]
     for name, split, key, better in COMPARE_ROWS:
-        a = old[split][key] if split else old[key]
-        b = new[split][key] if split else new[key]
+        a = old[split][key] if split else old.get(key)
+        b = new[split][key] if split else new.get(key)
         verdict = ""
         if a is not None and b is not None and abs(a - b) > 1e-9:
             verdict = comparison["new"] if (b < a) == (better == "lower") else comparison["old"]
@@ -101,9 +128,12 @@ def render_report(metrics: dict[str, Any]) -> str:
         f"Base model: `{metrics['base_model']}`. Evaluated {metrics['created']}, greedy decoding, seed {s['seed']}, "
         f"at most {s['max_tokens']} new tokens an answer. Loss is on the author's answers only (the prompt is "
         f"masked, as in training); answers are scored against the author's reference answers; style is the "
-        f"character n-gram TF-IDF cosine similarity to the author's sources; grounded counts the questions on "
-        f"topics absent from the sources that were answered with \"{DECLINE_PHRASE}\" or the like, "
-        f"and declines counts the same kind of answer to held-out questions the author did answer.",
+        f"character n-gram TF-IDF cosine similarity to the author's sources. A decline is an answer like "
+        f"\"{DECLINE_PHRASE}\" (`mlx_partner.decline`): counted on near-domain probes (questions in her field "
+        f"that her writing does not answer, data/probes.jsonl, never trained on), on the built-in far probes "
+        f"(topics absent from her sources), and, as false declines, on held-out questions she did answer. Quoted "
+        f"spans are the double-quoted passages of four words or more in generated answers, checked against her "
+        f"documents with `generate`'s quote check.",
         "",
         "![base and tuned scores](chart.png)",
         "",
@@ -116,12 +146,25 @@ def render_report(metrics: dict[str, Any]) -> str:
             f"## {comparison['new']} against {comparison['old']}",
             "",
             f"On the same held-out pairs: {comparison['shared_answers']} answered by both, "
-            f"{comparison['shared_test_loss']} test pairs scored for loss by both.",
+            f"{comparison['shared_test_loss']} test pairs scored for loss by both, "
+            f"{comparison.get('shared_probes', 0)} probes asked of both.",
             "",
             md_table(["metric", comparison["old"], comparison["new"], "better"], comparison_rows(comparison)),
             "",
         ]
-    return "\n".join(lines + _answer_lines(metrics) + _probe_lines(metrics))
+    lines += _retrieval_lines(metrics)
+    return "\n".join(lines + _answer_lines(metrics) + _probe_lines(metrics, "near_probes") + _probe_lines(metrics, "probes"))
+
+
+def _retrieval_lines(metrics: dict[str, Any]) -> list[str]:
+    """The "Retrieval" section: the top passage of each held-out question against the cited essay."""
+    r = metrics.get("retrieval") or {}
+    if not r.get("questions"):
+        return []
+    rows = [[_quote(i["question"], 80), ", ".join(i["cited"]), i["top"] or "-", "yes" if i["hit"] else "no"]
+            for i in r.get("items", [])]
+    return ["## Retrieval", "", retrieval_line(metrics), "",
+            md_table(["question", "cited", "top passage (document:line)", "cited?"], rows), ""]
 
 
 def _answer_lines(metrics: dict[str, Any]) -> list[str]:
@@ -134,8 +177,9 @@ def _answer_lines(metrics: dict[str, Any]) -> list[str]:
         b, t = base["answers"].get(key), tuned["answers"].get(key)
         if not b or not t:
             continue
+        kind = " boundary: the author declines" if t.get("expects_decline") else ""
         lines += [
-            f"**Q ({ex['split']}):** {_quote(ex['question'])}",
+            f"**Q ({ex['split']}{kind}):** {_quote(ex['question'])}",
             "",
             f"- *author:* {_quote(ex['reference'])}",
             f"- *base* (F1 {fmt(b['f1'], 2)}): {_quote(b['answer'])}",
@@ -145,19 +189,27 @@ def _answer_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _probe_lines(metrics: dict[str, Any]) -> list[str]:
-    """The "Groundedness probe" section, if any probes were asked."""
+_PROBE_SECTIONS = {
+    "near_probes": ("Near-domain probes", "Questions in the author's field that her writing does not answer "
+                    "(data/probes.jsonl, never trained on)."),
+    "probes": ("Far probes", "Questions on topics absent from the author's sources altogether."),
+}
+
+
+def _probe_lines(metrics: dict[str, Any], group: str) -> list[str]:
+    """A probe section (near-domain or far), if any of its probes were asked."""
     run = metrics["run"]
     base, tuned = metrics["scores"]["base"], metrics["scores"]["tuned"]
-    if not tuned["probes"]:
+    if not tuned.get(group):
         return []
     rows = []
-    for question, t in tuned["probes"].items():
-        b = base["probes"].get(question, {})
+    for question, t in tuned[group].items():
+        b = (base.get(group) or {}).get(question, {})
         rows.append([_quote(question, 80), "yes" if b.get("abstained") else "no", "yes" if t["abstained"] else "no",
                      _quote(t["answer"], 160)])
-    return ["## Groundedness probe", "", "Questions on topics the author has not written about.", "",
-            md_table(["question", "base abstains", f"{run} abstains", f"{run} answer"], rows), ""]
+    title, blurb = _PROBE_SECTIONS[group]
+    return [f"## {title}", "", blurb, "",
+            md_table(["question", "base declines", f"{run} declines", f"{run} answer"], rows), ""]
 
 
 def write_chart(path: Path, metrics: dict[str, Any]) -> None:
@@ -173,8 +225,9 @@ def write_chart(path: Path, metrics: dict[str, Any]) -> None:
     series: dict[str, list[float | None]] = {}
     for name, summary in zip(names, summaries, strict=True):
         label = name if name not in series else f"{name} (now)"  # --compare with the run itself
-        series[label] = [summary[key] or 0.0 for _, key in CHART_METRICS]
+        series[label] = [summary.get(key) for _, key in CHART_METRICS]  # None: not measured, no bar
     last = summaries[-1]
-    title = f"{last['answers']} held-out answers, {last['probes']} probes"
+    title = (f"{last['answers']} held-out answers, {last.get('near_probes', 0)} near-domain and "
+             f"{last['probes']} far probes")
     bar_chart(path, title, [label for label, _ in CHART_METRICS], series, "score (0 to 1)",
               ylim=(0.0, 1.1), value_format="{:.0%}")

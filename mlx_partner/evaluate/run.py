@@ -4,8 +4,10 @@
     metrics = read_metrics(ws, "run-3")       # what an earlier eval wrote, or None
 
 Both the base model and base + the run's adapters are scored deterministically (greedy decoding,
-a seeded selection of held-out pairs). eval/<run>/ gets metrics.json (summary plus every answer,
-with a "version"), report.md and chart.png. `run_eval` holds the workspace lock itself, so a
+a seeded selection of held-out pairs), on held-out pairs, near-domain probes (data/probes.jsonl,
+when `generate` wrote one) and far probes; retrieval over her documents is measured once (it does
+not depend on the model). eval/<run>/ gets metrics.json (summary plus every answer, with a
+"version"), report.md and chart.png. `run_eval` holds the workspace lock itself, so a
 Python caller is protected as the CLI is; the lock is re-entrant, so `retrain` calls it under its
 own. `mlx` is imported inside `run_eval`, so `--help` stays instant.
 """
@@ -21,13 +23,15 @@ from ..config import Settings
 from ..dataset.system_prompt import load_system_prompt
 from ..errors import DatasetError, ModelError, TrainingError
 from ..models import load_model, resolve_model
+from ..retrieval import SourceIndex, build_index
 from ..runs import SYSTEM_PROMPT, find_run, read_manifest
 from ..sources.documents import load_documents
 from ..textfmt import utc_now
 from ..workspace import Workspace, atomic_write_json, atomic_write_text, workspace_lock
-from .examples import EvalExample, load_examples, select_examples
+from .examples import EvalExample, load_examples, plain_question, select_examples, split_meta
+from .grounded import probe_coverage, quote_record, retrieval_accuracy
 from .metrics import StyleModel, fit_style
-from .probes import probe_questions
+from .probes import PROBES_FILE, NearProbes, probe_questions, read_near_probes
 from .report import render_report, write_chart
 from .scoring import adapter_hash, cached_records, fingerprint, score_model
 from .summary import compare, mean, summarize
@@ -45,7 +49,9 @@ DEFAULT_LOSS_LIMIT = 40  # pairs per split scored for loss: a forward pass each 
 # eval/<run>/: what an eval writes. metrics.json carries a "version"; one written before versions
 # existed has none and reads as version 1, the same layout.
 METRICS_FILE = "metrics.json"
-METRICS_VERSION = 1  # bump when the layout changes, and teach read_metrics the older ones
+# 2: near-domain probes (scores.*.near_probes), answers' expects_decline and quotes, the decline and
+# quote figures in the summary, "retrieval" and "near_probes" at the top.
+METRICS_VERSION = 2  # bump when the layout changes, and teach read_metrics the older ones
 REPORT_FILE = "report.md"
 CHART_FILE = "chart.png"
 
@@ -72,7 +78,10 @@ def read_metrics(ws: Workspace, run: str) -> dict[str, Any] | None:
         return None
     if not isinstance(metrics, dict):
         return None
-    metrics.setdefault("version", 1)
+    if metrics.setdefault("version", 1) < 2:  # version 1: no near-domain probes, no retrieval
+        for record in (metrics.get("scores") or {}).values():
+            if isinstance(record, dict):
+                record.setdefault("near_probes", {})
     return metrics
 
 
@@ -119,18 +128,53 @@ def _system_prompt(ws: Workspace, run_dir: Path, manifest: dict[str, Any]) -> st
     return load_system_prompt(ws)
 
 
-def _held_out(ws: Workspace, limit: int, loss_limit: int, seed: int,
-              previous: dict[str, Any] | None) -> tuple[list[EvalExample], list[EvalExample]]:
-    """(examples to answer, examples to score for loss); an earlier eval's pairs come first."""
-    test = load_examples(ws.split_path("test"), "test")
-    valid = load_examples(ws.split_path("valid"), "valid")
+@dataclass(frozen=True)
+class HeldOut:
+    """The examples of one eval: those answered, those scored for loss, and the whole held-out split."""
+
+    answered: list[EvalExample]
+    loss: list[EvalExample]
+    split: list[EvalExample]  # every example of the split answers come from (for retrieval)
+
+
+def _held_out(ws: Workspace, limit: int, loss_limit: int, seed: int, previous: dict[str, Any] | None) -> HeldOut:
+    """The examples to answer and to score for loss; an earlier eval's pairs come first."""
+    meta = split_meta(ws)
+    test = load_examples(ws.split_path("test"), "test", meta.get("test"))
+    valid = load_examples(ws.split_path("valid"), "valid", meta.get("valid"))
     if not test and not valid:
         raise DatasetError(f"There are no test or valid examples in {ws.data_dir}; run `mlx-partner dataset` first.")
     prefer = [e["key"] for e in (previous or {}).get("examples", [])]
     held_out = test or valid  # a dataset built with test_fraction = 0 has no test split
     gen_examples = select_examples(held_out, limit, seed, prefer)
     loss_examples = select_examples(test, loss_limit, seed, prefer) + select_examples(valid, loss_limit, seed, prefer)
-    return gen_examples, loss_examples
+    return HeldOut(gen_examples, loss_examples, held_out)
+
+
+def _near_probes(ws: Workspace, limit: int | None) -> NearProbes:
+    """data/probes.jsonl's questions (the first `limit` of them; None: all)."""
+    found = read_near_probes(ws.data_dir / PROBES_FILE)
+    if limit is not None:
+        found = NearProbes(found.path, found.questions[: max(0, limit)], found.skipped)
+    return found
+
+
+def _index(ws: Workspace, documents: list[Any]) -> SourceIndex:
+    """An index over every document, its threshold calibrated on the questions the author answered."""
+    meta = split_meta(ws)
+    answerable = [plain_question(ex.question) for split in ("train", "valid", "test")
+                  for ex in load_examples(ws.split_path(split), split, meta.get(split)) if not ex.expects_decline]
+    return build_index(documents, answerable=answerable)
+
+
+def _add_quotes(scores: dict[str, Any], texts: list[str], questions: dict[str, str]) -> None:
+    """Each generated answer's quoted spans, and whether her writing holds them (in place)."""
+    for record in scores.values():
+        for key, item in record["answers"].items():
+            item["quotes"] = quote_record(item["answer"], texts, questions.get(key, ""))
+        for group in ("probes", "near_probes"):
+            for question, item in record.get(group, {}).items():
+                item["quotes"] = quote_record(item["answer"], texts, question)
 
 
 def _score_both(ws: Workspace, run_name: str, run_dir: Path, base_ref: str, common: dict[str, Any], seed: int,
@@ -165,11 +209,13 @@ def _score_both(ws: Workspace, run_name: str, run_dir: Path, base_ref: str, comm
 def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit: int = DEFAULT_LIMIT,
              probes: int = DEFAULT_PROBES, max_tokens: int = DEFAULT_MAX_TOKENS, seed: int = 0,
              loss_limit: int = DEFAULT_LOSS_LIMIT, compare_with: str | None = None,
-             progress: bool = True) -> EvalResult:
+             near_probes: int | None = None, progress: bool = True) -> EvalResult:
     """Score the base model and the run's adapters; write eval/<run>/{metrics.json,report.md,chart.png}.
 
-    With `compare_with` (another run's name, already evaluated), the same test pairs that run was
-    scored on come first, and the report gains a side-by-side table over the pairs both share.
+    `probes` far probes are asked, and the first `near_probes` questions of data/probes.jsonl
+    (None: all of them). With `compare_with` (another run's name, already evaluated), the same test
+    pairs that run was scored on come first, and the report gains a side-by-side table over the
+    pairs both share.
     """
     with workspace_lock(ws, "eval"):
         run_dir, manifest = _run_and_manifest(ws, run)
@@ -177,7 +223,7 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
         base_ref = _base_ref(ws, run_name, manifest)
         system_prompt = _system_prompt(ws, run_dir, manifest)
         previous = read_metrics(ws, compare_with) if compare_with else None
-        gen_examples, loss_examples = _held_out(ws, limit, loss_limit, seed, previous)
+        held = _held_out(ws, limit, loss_limit, seed, previous)
         if compare_with and previous is None:
             raise DatasetError(f"Run {compare_with} has no evaluation to compare with; "
                                f"run `mlx-partner eval --run {compare_with}` first.")
@@ -185,16 +231,23 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
         documents, _skipped = load_documents(ws.sources_dir)
         texts = [d.text for d in documents]
         style = fit_style(texts)
+        near = _near_probes(ws, near_probes)
         max_seq_length = int(getattr(settings.train, "max_seq_length", 2048))
         common = {"max_tokens": max_tokens, "max_seq_length": max_seq_length, "system": system_prompt}
-        score = {"loss_examples": loss_examples, "gen_examples": gen_examples,
-                 "probes": probe_questions(texts, probes, seed), "system_prompt": system_prompt, "style": style,
+        score = {"loss_examples": held.loss, "gen_examples": held.answered,
+                 "probes": probe_questions(texts, probes, seed), "near_probes": near.questions,
+                 "system_prompt": system_prompt, "style": style,
                  "max_tokens": max_tokens, "max_seq_length": max_seq_length, "progress": progress}
         scores = _score_both(ws, run_name, run_dir, base_ref, common, seed, score)
+        _add_quotes(scores, texts, {ex.key: plain_question(ex.question) for ex in held.answered})
+        index = _index(ws, documents)
+        retrieval = {**retrieval_accuracy(index, held.split), "probes": probe_coverage(index, near.questions)}
 
-        settings_used = {"limit": limit, "probes": probes, "max_tokens": max_tokens, "seed": seed,
-                         "loss_limit": loss_limit, "decoding": "greedy"}
-        metrics = _metrics(run_name, manifest, base_ref, settings_used, gen_examples, system_prompt, style, scores)
+        settings_used = {"limit": limit, "probes": probes, "near_probes": near_probes, "max_tokens": max_tokens,
+                         "seed": seed, "loss_limit": loss_limit, "decoding": "greedy"}
+        metrics = _metrics(run_name, manifest, base_ref, settings_used, held.answered, system_prompt, style, scores)
+        metrics["near_probes"] = {"file": near.path, "questions": len(near.questions), "skipped": near.skipped}
+        metrics["retrieval"] = retrieval
         if previous is not None:
             metrics["comparison"] = compare(previous, metrics)
         out_dir = ws.eval_dir / run_name
@@ -216,7 +269,8 @@ def _metrics(run_name: str, manifest: dict[str, Any], base_ref: str, settings_us
         "summary": {label: summarize(scores[label]) for label in scores},
         "reference_style": mean(style.similarity(ex.reference) for ex in gen_examples),
         # (With a template that has no system role the system text starts the question: drop it.)
-        "examples": [{"key": ex.key, "split": ex.split, "question": ex.question.removeprefix(system_prompt).strip(),
+        "examples": [{"key": ex.key, "split": ex.split, "kind": ex.kind,
+                      "question": ex.question.removeprefix(system_prompt).strip(),
                       "reference": ex.reference} for ex in gen_examples],
         "scores": scores,
     }

@@ -1,7 +1,8 @@
 """Scoring one model on the held-out examples: loss on the author's answers, generated answers.
 
     record = score_model(loaded, loss_examples, gen_examples, probes, system_prompt, style,
-                         max_tokens=96, max_seq_length=2048, label="base", cached=earlier)
+                         max_tokens=96, max_seq_length=2048, label="base", cached=earlier,
+                         near_probes=near_questions)
 
 Loss is measured on the author's answers only, the prompt masked exactly as in training
 (mlx-lm's ChatDataset offsets); answers are decoded greedily, so the same model and prompt give
@@ -152,8 +153,10 @@ class Progress:
 def score_model(loaded: Any, loss_examples: Sequence[EvalExample], gen_examples: Sequence[EvalExample],
                 probes: Sequence[str], system_prompt: str, style: StyleModel, *, max_tokens: int,
                 max_seq_length: int, label: str, progress: bool = True,
-                cached: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Loss on `loss_examples`, answers to `gen_examples` and `probes`: one record per item.
+                cached: dict[str, dict[str, Any]] | None = None,
+                near_probes: Sequence[str] = ()) -> dict[str, Any]:
+    """Loss on `loss_examples`, answers to `gen_examples`, the far `probes` and the `near_probes`:
+    one record per item.
 
     `cached` maps "loss:KEY", "answer:KEY" or "probe:QUESTION" to an earlier record for this same
     model and settings; those are reused instead of recomputed (retrain scores the old run once,
@@ -174,7 +177,7 @@ def score_model(loaded: Any, loss_examples: Sequence[EvalExample], gen_examples:
     # Held-out questions are asked with their own turns up to the answer (exactly the prompt they
     # were trained against); probes in a fresh conversation with the run's system prompt.
     asks = [(f"answer:{ex.key}", list(ex.messages[:-1])) for ex in gen_examples]
-    asks += [(f"probe:{q}", probe_messages(tokenizer, system_prompt, q)) for q in probes]
+    asks += [(f"probe:{q}", probe_messages(tokenizer, system_prompt, q)) for q in dict.fromkeys([*probes, *near_probes])]
     asks = [(key, messages) for key, messages in asks if key not in cached]
     bar = Progress(f"{label}: answers", len(asks), progress and bool(asks))
     for start in range(0, len(asks), GENERATION_BATCH):
@@ -183,23 +186,28 @@ def score_model(loaded: Any, loss_examples: Sequence[EvalExample], gen_examples:
         for (key, _), answer in zip(chunk, generate_answers(model, tokenizer, prompts, max_tokens), strict=True):
             cached[key] = {"answer": answer}
             bar.step()
-    return _records(cached, loss_examples, gen_examples, probes, style)
+    return _records(cached, loss_examples, gen_examples, probes, near_probes, style)
 
 
 def _records(cached: dict[str, dict[str, Any]], loss_examples: Sequence[EvalExample],
-             gen_examples: Sequence[EvalExample], probes: Sequence[str], style: StyleModel) -> dict[str, Any]:
-    """The per-item records of metrics.json, each answer scored against its reference."""
+             gen_examples: Sequence[EvalExample], probes: Sequence[str], near_probes: Sequence[str],
+             style: StyleModel) -> dict[str, Any]:
+    """The per-item records of metrics.json, each answer scored against its reference.
+
+    `expects_decline` marks a held-out boundary pair (the author's answer declines): declining it
+    is right, so it is left out of the false declines."""
     losses = {ex.key: {**cached[f"loss:{ex.key}"], "split": ex.split} for ex in loss_examples}
     answers = {}
     for ex in gen_examples:
         answer = cached[f"answer:{ex.key}"]["answer"]
         answers[ex.key] = {"answer": answer, "f1": word_f1(answer, ex.reference), "rouge_l": rouge_l(answer, ex.reference),
-                           "style": style.similarity(answer), "abstained": is_decline(answer)}
-    probe_answers = {}
-    for question in probes:
-        answer = cached[f"probe:{question}"]["answer"]
-        probe_answers[question] = {"answer": answer, "abstained": is_decline(answer)}
-    return {"loss": losses, "answers": answers, "probes": probe_answers}
+                           "style": style.similarity(answer), "abstained": is_decline(answer),
+                           "expects_decline": ex.expects_decline}
+
+    def probe_records(questions: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {q: {"answer": (a := cached[f"probe:{q}"]["answer"]), "abstained": is_decline(a)} for q in questions}
+
+    return {"loss": losses, "answers": answers, "probes": probe_records(probes), "near_probes": probe_records(near_probes)}
 
 
 # --- the cache: earlier records of the same model under the same settings ----------------------
@@ -230,6 +238,7 @@ def cached_records(metrics: dict[str, Any], label: str, fingerprint: str) -> dic
         out[f"loss:{key}"] = {"loss_sum": rec["loss_sum"], "tokens": rec["tokens"]}
     for key, rec in (entry.get("answers") or {}).items():
         out[f"answer:{key}"] = {"answer": rec["answer"]}
-    for question, rec in (entry.get("probes") or {}).items():
-        out[f"probe:{question}"] = {"answer": rec["answer"]}
+    for group in ("probes", "near_probes"):  # one question, one prompt: the same answer in either group
+        for question, rec in (entry.get(group) or {}).items():
+            out[f"probe:{question}"] = {"answer": rec["answer"]}
     return out

@@ -21,9 +21,21 @@ def mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(scores: dict[str, Any], keys: set[str] | None = None) -> dict[str, Any]:
-    """Means over the items (restricted to `keys` if given): loss/perplexity per split, F1, ROUGE-L,
-    style, and the share of probes answered with a decline."""
+def _share(flags: Iterable[bool]) -> float | None:
+    return mean(1.0 if f else 0.0 for f in flags)
+
+
+def summarize(scores: dict[str, Any], keys: set[str] | None = None,
+              questions: set[str] | None = None) -> dict[str, Any]:
+    """Means over the items (held-out items restricted to `keys`, probes to `questions`, if given):
+    loss/perplexity per split, F1, ROUGE-L, style, and the decline figures.
+
+    The three decline figures: `near_declines`, the share of near-domain probes (data/probes.jsonl)
+    declined; `grounded`, the share of the built-in far probes declined; `abstained_answerable`,
+    the share of held-out questions the author did answer that were declined (false declines,
+    lower is better). `boundary_declines` is the share of held-out boundary pairs declined, and
+    `quotes_verified` the share of quoted spans in all generated answers found in her writing.
+    """
     out: dict[str, Any] = {}
     for split in ("test", "valid"):
         items = [r for k, r in scores["loss"].items() if r["split"] == split and (keys is None or k in keys)]
@@ -35,26 +47,43 @@ def summarize(scores: dict[str, Any], keys: set[str] | None = None) -> dict[str,
     out["answers"] = len(answers)
     for metric in ("f1", "rouge_l", "style"):
         out[metric] = mean(a[metric] for a in answers)
+    answerable = [a for a in answers if not a.get("expects_decline")]
+    boundary = [a for a in answers if a.get("expects_decline")]
+    out["answerable"] = len(answerable)
     # The other side of groundedness: declining questions the author did answer.
-    out["abstained_answerable"] = mean(1.0 if a.get("abstained") else 0.0 for a in answers)
-    probes = list(scores["probes"].values())
-    out["probes"] = len(probes)
-    out["grounded"] = mean(1.0 if p["abstained"] else 0.0 for p in probes)
+    out["abstained_answerable"] = _share(a.get("abstained") for a in answerable)
+    out["boundary_answers"] = len(boundary)
+    out["boundary_declines"] = _share(a.get("abstained") for a in boundary)
+
+    def probes_of(group: str) -> list[dict[str, Any]]:
+        return [p for q, p in (scores.get(group) or {}).items() if questions is None or q in questions]
+
+    far, near = probes_of("probes"), probes_of("near_probes")
+    out["probes"] = len(far)
+    out["grounded"] = _share(p["abstained"] for p in far)
+    out["near_probes"] = len(near)
+    out["near_declines"] = _share(p["abstained"] for p in near)
+    quotes = [q for r in [*answers, *far, *near] for q in r.get("quotes") or ()]
+    out["quote_spans"] = len(quotes)
+    out["quotes_verified"] = _share(q.get("verified") for q in quotes)
     return out
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Both runs' tuned metrics over the test pairs both were scored on (by content key)."""
+    """Both runs' tuned metrics over the test pairs and the probes both were scored on."""
     old_tuned, new_tuned = old["scores"]["tuned"], new["scores"]["tuned"]
     shared_answers = set(old_tuned["answers"]) & set(new_tuned["answers"])
     shared_loss = {k for k in set(old_tuned["loss"]) & set(new_tuned["loss"]) if new_tuned["loss"][k]["split"] == "test"}
     keys = shared_answers | shared_loss
+    shared_probes = {q for group in ("probes", "near_probes")
+                     for q in set(old_tuned.get(group) or {}) & set(new_tuned.get(group) or {})}
     return {
         "old": old["run"],
         "new": new["run"],
         "shared_answers": len(shared_answers),
         "shared_test_loss": len(shared_loss),
-        "old_summary": summarize(old_tuned, keys),
-        "new_summary": summarize(new_tuned, keys),
-        "base_summary": summarize(new["scores"]["base"], keys) if "base" in new["scores"] else None,
+        "shared_probes": len(shared_probes),
+        "old_summary": summarize(old_tuned, keys, shared_probes),
+        "new_summary": summarize(new_tuned, keys, shared_probes),
+        "base_summary": summarize(new["scores"]["base"], keys, shared_probes) if "base" in new["scores"] else None,
     }
