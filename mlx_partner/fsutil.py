@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .testhooks import reached
+
 
 def swap_into_place(tmp: Path, target: Path) -> None:
     """Rename `tmp` to `target`, replacing an existing folder only once the new one is complete."""
@@ -19,6 +21,7 @@ def swap_into_place(tmp: Path, target: Path) -> None:
     old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
     if old is not None:
         os.replace(target, old)
+        reached("swap-moved-aside")  # test-only handshake (testhooks.py): between the renames
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

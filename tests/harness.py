@@ -119,23 +119,6 @@ class Running:
                       read(self.out_path), read(self.err_path))
 
 
-def slow_replace_hook(folder: str) -> str:
-    """A sitecustomize.py that makes os.replace into `folder`/ pause for $RELIABILITY_SLOW_REPLACE
-    seconds in a child process, so a kill can land between two renames."""
-    return f'''
-"""Test hook (tests/harness.py): renames into {folder}/ take a while."""
-import os, time
-_pause = float(os.environ.get("RELIABILITY_SLOW_REPLACE") or 0)
-if _pause:
-    _real = os.replace
-    def _slow(src, dst, *args, **kwargs):
-        if os.sep + "{folder}" + os.sep in os.fspath(dst):
-            time.sleep(_pause)
-        return _real(src, dst, *args, **kwargs)
-    os.replace = _slow
-'''
-
-
 def start_cli(args: list[str], ws: Path, env: dict[str, str], logs: Path | None = None) -> Running:
     return Running(args, ws, env, logs or ws.parent / f"{ws.name}-logs")
 
@@ -144,10 +127,12 @@ def run_cli(args: list[str], ws: Path, env: dict[str, str], timeout: float = 120
     return start_cli(args, ws, env, logs).wait(timeout)
 
 
-def kill_when(proc: Running, ready: Callable[[], bool], delay: float = 0.0, timeout: float = 60) -> str:
+def kill_when(proc: Running, ready: Callable[[], bool], delay: float = 0.0, timeout: float = 60,
+              kill: bool = True) -> str:
     """SIGKILL `proc` `delay` seconds after `ready()` first holds; returns what happened.
 
-    "killed" if the process was killed while running, "finished" if it ended first.
+    "killed" if the process was killed while running, "finished" if it ended first; with
+    kill=False only waits (then "running", or "finished").
     """
     deadline = time.monotonic() + timeout
     while proc.alive() and not ready():
@@ -161,6 +146,8 @@ def kill_when(proc: Running, ready: Callable[[], bool], delay: float = 0.0, time
             time.sleep(0.002)
     if not proc.alive():
         return "finished"
+    if not kill:
+        return "running"
     proc.kill()
     return "killed"
 
@@ -211,3 +198,58 @@ def walk_files(*roots: Path) -> Iterable[Path]:
             for path in sorted(root.rglob("*")):
                 if path.is_file() and not path.is_symlink():
                     yield path
+
+
+# --- handshakes with the product (mlx_partner/testhooks.py) --------------------------------------
+
+
+class Hooks:
+    """One process's view of the product's test hooks: where it is, and holding it at a point.
+
+        hooks = Hooks(tmp_path / "hooks")
+        hooks.hold("dataset-split-written")             # before it starts: stop at the first arrival
+        proc = start_cli(args, ws, cli_env(None, **hooks.env))
+        kill_at(proc, hooks, "dataset-split-written")  # it is there now, and stays: SIGKILL
+
+    A fresh folder per process keeps arrival counts its own.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MLX_PARTNER_TEST_HOOKS": str(self.folder)}
+
+    def count(self, name: str) -> int:
+        return line_count(self.folder / name)
+
+    def hold(self, name: str, arrival: int | None = None) -> None:
+        """Stop the process at `name` (only its `arrival`th time there, or every time)."""
+        (self.folder / f"{name}.hold").write_text("" if arrival is None else str(arrival))
+
+    def release(self, name: str) -> None:
+        (self.folder / f"{name}.hold").unlink(missing_ok=True)
+        (self.folder / f"{name}.go").touch()
+
+    def wait(self, name: str, proc: Running | None = None, arrivals: int = 1, timeout: float = 300) -> None:
+        """Until `name` has been reached `arrivals` times; fails if `proc` ends first."""
+        deadline = time.monotonic() + timeout
+        while self.count(name) < arrivals:
+            if proc is not None and not proc.alive():
+                raise AssertionError(f"the process ended before reaching {name} x{arrivals}\n{proc.result()}")
+            if time.monotonic() > deadline:
+                if proc is not None:
+                    proc.kill()
+                raise AssertionError(f"{name} x{arrivals} was never reached in {timeout}s")
+            time.sleep(0.005)
+
+
+def kill_at(proc: Running, hooks: Hooks, name: str, arrival: int = 1, timeout: float = 300) -> None:
+    """SIGKILL `proc` while it is held at the `arrival`th `name`: the kill lands exactly there.
+
+    The hold must be set before the process starts (`hooks.hold(name, arrival)`), or it may be past."""
+    assert (hooks.folder / f"{name}.hold").exists(), f"hold {name} before starting the process"
+    hooks.wait(name, proc, arrival, timeout)
+    proc.kill()

@@ -3,8 +3,9 @@
 Each split file is written atomically (temp file, then rename), so a kill leaves every file whole.
 The three files together are not replaced at once, though: a kill between two renames leaves
 a new train.jsonl beside the old valid/test, and an example can then sit in two splits. dataset.json
-is written last, so its hash no longer matches and `train` refuses the mix. The child
-gets a sitecustomize.py that pauses before each rename in data/, so the kill lands there for sure.
+is written last, so its hash no longer matches and `train` refuses the mix. The child is held
+after its first split's rename (the product's test hook, mlx_partner/testhooks.py) and killed
+there: the kill lands between the renames for sure, however busy the machine.
 """
 
 from __future__ import annotations
@@ -16,20 +17,18 @@ import pytest
 from click.testing import CliRunner
 from harness import (
     TEST_KEY,
+    Hooks,
     cli_env,
     jsonl_strict,
-    kill_when,
+    kill_at,
     make_workspace,
     run_cli,
-    slow_replace_hook,
     start_cli,
 )
 
 from mlx_partner.cli import cli
 from mlx_partner.dataset.manifest import dataset_hash
 from mlx_partner.workspace import Workspace
-
-SLOW_REPLACE = slow_replace_hook("data")
 
 
 def questions(ws: Path, split: str) -> set[str]:
@@ -44,7 +43,7 @@ def overlap(ws: Path) -> set[str]:
 
 @pytest.fixture
 def built(fake_anthropic, tiny_model, tmp_path, monkeypatch) -> Path:
-    """A workspace with pairs and a dataset built with seed 0; the hook folder beside it."""
+    """A workspace with pairs and a dataset built with seed 0."""
     ws = make_workspace(tmp_path / "ws")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_KEY)
@@ -53,17 +52,17 @@ def built(fake_anthropic, tiny_model, tmp_path, monkeypatch) -> Path:
     result = runner.invoke(cli, ["-w", str(ws), "dataset", "--base-model", str(tiny_model), "--seed", "0"])
     assert result.exit_code == 0, result.output
     assert not overlap(ws)
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(SLOW_REPLACE, encoding="utf-8")
     return ws
 
 
 def _kill_after_train_is_replaced(ws: Path, tiny_model: Path) -> None:
-    env = cli_env(None, key=None, RELIABILITY_SLOW_REPLACE="0.5", PYTHONPATH=str(ws.parent / "hook"))
+    hooks = Hooks(ws.parent / "hooks")
+    hooks.hold("dataset-split-written", 1)  # train.jsonl renamed into place; valid and test not yet
     train = ws / "data" / "train.jsonl"
     before = train.stat().st_ino
-    proc = start_cli(["dataset", "--base-model", str(tiny_model), "--seed", "7"], ws, env)
-    assert kill_when(proc, lambda: train.stat().st_ino != before, delay=0.1, timeout=120) == "killed", str(proc.result())
+    proc = start_cli(["dataset", "--base-model", str(tiny_model), "--seed", "7"], ws, cli_env(None, key=None, **hooks.env))
+    kill_at(proc, hooks, "dataset-split-written", timeout=120)
+    assert train.stat().st_ino != before, "the new train.jsonl is in place"
 
 
 def test_killed_dataset_leaves_whole_files_and_a_rerun_restores_the_splits(built, tiny_model):

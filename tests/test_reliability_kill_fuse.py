@@ -2,8 +2,9 @@
 
 fuse writes the model into a hidden folder beside the target, checks it, then renames it into
 place (the old one moved aside first). After a SIGKILL, models/<run>/ is either absent or a
-whole model that loads; the next `fuse` clears the leftovers and finishes. A sitecustomize.py in
-the child pauses before each rename under models/, so the kill can land inside the swap.
+whole model that loads; the next `fuse` clears the leftovers and finishes. The child is held
+between the swap's two renames (the product's test hook, mlx_partner/testhooks.py), so the kill
+lands inside the swap for sure, and a kill at a random moment of the write always lands before it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import cli_env, kill_when, run_cli, slow_replace_hook, start_cli
+from harness import Hooks, cli_env, kill_at, kill_when, run_cli, start_cli
 
 from mlx_partner.cli import cli
-
-SLOW_REPLACE = slow_replace_hook("models")
 
 
 def check_model_dir(path: Path) -> None:
@@ -48,27 +47,29 @@ def trained(tiny_model, tmp_path) -> Path:
     assert result.exit_code == 0, result.output
     result = runner.invoke(cli, ["-w", str(ws), "fuse", "--run", "f"])
     assert result.exit_code == 0, result.output
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(SLOW_REPLACE, encoding="utf-8")
     return ws
 
 
 def test_killed_fuse_leaves_no_half_model_and_a_rerun_finishes(trained):
     ws = trained
     target = ws / "models" / "f"
-    env = cli_env(None, key=None, RELIABILITY_SLOW_REPLACE="0.6", PYTHONPATH=str(ws.parent / "hook"))
     rng = random.Random(0)
 
-    # 1. A random moment while the new model is being written or checked.
-    proc = start_cli(["fuse", "--run", "f"], ws, env)
+    # 1. A random moment while the new model is being written or checked (held at the swap, should
+    #    it get that far: the kill lands before the new model is in place, whatever the delay).
+    hooks = Hooks(ws.parent / "hooks-1")
+    hooks.hold("swap-moved-aside")
+    proc = start_cli(["fuse", "--run", "f"], ws, cli_env(None, key=None, **hooks.env))
     fusing = lambda: any(p.name.startswith(".f.fusing-") for p in (ws / "models").iterdir())  # noqa: E731
     assert kill_when(proc, fusing, delay=rng.uniform(0.0, 0.5), timeout=120) == "killed", str(proc.result())
     check_model_dir(target)
 
     # 2. Inside the swap: the old model moved aside, the new one not yet in place.
-    proc = start_cli(["fuse", "--run", "f"], ws, env)
-    swapping = lambda: any(p.name.startswith(".f.old-") for p in (ws / "models").iterdir())  # noqa: E731
-    assert kill_when(proc, swapping, delay=0.1, timeout=120) == "killed", str(proc.result())
+    hooks = Hooks(ws.parent / "hooks-2")
+    hooks.hold("swap-moved-aside")
+    proc = start_cli(["fuse", "--run", "f"], ws, cli_env(None, key=None, **hooks.env))
+    kill_at(proc, hooks, "swap-moved-aside", timeout=120)
+    assert not target.exists() and list((ws / "models").glob(".f.old-*")), "killed between the renames"
     check_model_dir(target)
 
     result = run_cli(["fuse", "--run", "f"], ws, cli_env(None, key=None))

@@ -1,16 +1,20 @@
-"""Kill `train` with SIGKILL during training and during checkpoint writes; `--resume` finishes it.
+"""Kill `train` with SIGKILL during training and inside checkpoint writes; `--resume` finishes it,
+exactly as an uninterrupted run would have.
 
 The real CLI trains the tiny random model in a subprocess, validating and checkpointing every 2
-iterations. Each chain of runs is killed at seeded points (a random moment of training, or the
-moment a checkpoint file is being written) and resumed each time, then resumed to the end. After
-every kill: every *.safetensors file a user or `--resume` reads loads with mx.load, manifest.json and
-adapter_config.json parse, and the checkpoint files the manifest names (what `--resume` loads) are
-there, whole, and hold that iteration's weights. Two tests aim at the narrowest windows: between a
-checkpoint's files and the manifest that names them, and inside mlx-lm's own (non-atomic) final save.
+iterations. Each chain of runs is killed at seeded points and resumed each time, then resumed to
+the end. After every kill: every *.safetensors file a user or `--resume` reads loads with mx.load,
+manifest.json and adapter_config.json parse, and the checkpoint the manifest names (what
+`--resume` loads: adapters and Adam state) holds that iteration's weights, the ones an
+uninterrupted run (the baseline) saved at that iteration. At the end the adapters equal the
+baseline's and the run has reached its last iteration.
 
-To make "during a checkpoint write" a wide target, the child processes get a sitecustomize.py that
-slows mx.save_safetensors down: it writes half of the file, pauses, then writes the rest. A kill in
-the pause leaves a half-written file, which must never be one of the files that are read.
+No kill depends on timing. The children get a sitecustomize.py that turns mx.save_safetensors into
+a slow disk with a handshake: it writes half of the file, marks `half-written-<file>` (and
+`save-half-written`) through the product's test hooks (mlx_partner/testhooks.py), then writes
+the rest; a test that asked to hold there finds the process parked with the file half-written,
+and kills it there. The other kind of kill lands at a moment of training after a seeded
+iteration is on record.
 """
 
 from __future__ import annotations
@@ -20,31 +24,37 @@ import random
 from pathlib import Path
 
 import pytest
-from harness import Running, cli_env, kill_when, start_cli
+from harness import Hooks, Running, cli_env, kill_at, kill_when, start_cli
 
 ITERS = 12
 TRAIN = ["train", "--iters", str(ITERS), "--steps-per-eval", "2", "--batch-size", "4", "--patience", "0",
          "--learning-rate", "1e-3", "--quiet"]
-PAUSE = 0.15  # seconds a slowed save_safetensors waits with half the file written
+ATOL = 1e-5  # the baseline and the chain run the same code on one thread: equal, give or take rounding
 
-SLOW_SAVE = f'''
+HALF_SAVE = '''
 """Test hook (tests/test_reliability_kill_train.py): a slow disk for mx.save_safetensors."""
-import os, time
-if os.environ.get("RELIABILITY_SLOW_SAVE"):
+import os, re, shutil
+if os.environ.get("RELIABILITY_HALF_SAVE"):
     import mlx.core as mx
     _real = mx.save_safetensors
-    def _slow(file, arrays, *args, **kwargs):
+    _stash = os.environ.get("RELIABILITY_STASH")
+    def _half(file, arrays, *args, **kwargs):
+        from mlx_partner.testhooks import reached
         file = str(file)
         path = file if file.endswith(".safetensors") else file + ".safetensors"
+        name = re.sub(r"^\\.tmp-\\d+-", "", os.path.basename(path))
         _real(path, arrays, *args, **kwargs)
         with open(path, "rb") as f:
             data = f.read()
         with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
             f.flush()
-            time.sleep({PAUSE})
+            reached("save-half-written")
+            reached("half-written-" + name)
             f.write(data[len(data) // 2:])
-    mx.save_safetensors = _slow
+        if _stash and re.match(r"\\d{7}_(adapters|optimizer)\\.safetensors$", name):
+            shutil.copyfile(path, os.path.join(_stash, name))
+    mx.save_safetensors = _half
 '''
 
 
@@ -68,16 +78,44 @@ def write_data(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def hook_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("slow-save")
-    (d / "sitecustomize.py").write_text(SLOW_SAVE, encoding="utf-8")
+    d = tmp_path_factory.mktemp("half-save")
+    (d / "sitecustomize.py").write_text(HALF_SAVE, encoding="utf-8")
     return d
 
 
-def check_run_dir(run_dir: Path, consistent: bool = False) -> dict:
+def child_env(hook_dir: Path, home: Path, **extra: str) -> dict[str, str]:
+    # One BLAS thread: the baseline and the chain compute alike, whatever else the machine is doing.
+    return cli_env(None, key=None, RELIABILITY_HALF_SAVE="1", PYTHONPATH=str(hook_dir), OPENBLAS_NUM_THREADS="1",
+                   MLX_PARTNER_HOME=str(home), **extra)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model, hook_dir, tmp_path_factory) -> Path:
+    """An uninterrupted run: its run folder, and in stash/ every checkpoint it wrote (none deleted)."""
+    root = tmp_path_factory.mktemp("baseline")
+    ws, stash = root / "ws", root / "stash"
+    write_data(ws)
+    stash.mkdir()
+    env = child_env(hook_dir, root / "home", RELIABILITY_STASH=str(stash))
+    done = start_cli(TRAIN + ["--base-model", str(tiny_model), "--run", "k"], ws, env).wait(timeout=300)
+    assert done.returncode == 0, str(done)
+    assert sorted(p.name for p in stash.glob("*_adapters.safetensors"))[-1] == f"{ITERS:07d}_adapters.safetensors"
+    return root
+
+
+def close(a: dict, b: dict, what: str) -> None:
+    import mlx.core as mx
+
+    assert set(a) == set(b), f"{what}: names differ"
+    off = {k: d for k in a if not (d := mx.abs(a[k].astype(mx.float32) - b[k].astype(mx.float32)).max().item()) <= ATOL}
+    assert not off, f"{what} differs from the uninterrupted run's: {dict(list(off.items())[:3])}"
+
+
+def check_run_dir(run_dir: Path, baseline: Path | None = None) -> dict:
     """Everything that is read back from a run folder is whole; returns the manifest (or {}).
 
-    With `consistent`, also: the checkpoint files manifest.json names (what --resume loads) are
-    there, whole, and hold that iteration's weights."""
+    With the `baseline`, also: the checkpoint files manifest.json names (what --resume loads) are
+    there, whole, and hold the weights and Adam state the uninterrupted run had at that iteration."""
     import mlx.core as mx
 
     for path in sorted(run_dir.rglob("*.safetensors")):
@@ -93,20 +131,28 @@ def check_run_dir(run_dir: Path, consistent: bool = False) -> dict:
             json.loads((run_dir / name).read_text(encoding="utf-8"))
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8")) if (run_dir / "manifest.json").exists() else {}
     ck = manifest.get("checkpoint") or {}
-    if consistent and ck.get("iteration"):
-        # What --resume loads is what the manifest names: that checkpoint's weights (and optimizer
-        # state), whole, and saved at that iteration (not a later one).
-        named = run_dir / ck.get("file", "checkpoints/last.safetensors")
+    if baseline is not None and ck.get("iteration"):
+        it = ck["iteration"]
+        stash = baseline / "stash"
+        named = run_dir / ck["file"]
         assert named.exists(), f"the manifest names {named.name}, which is not on disk"
-        assert mx.load(str(named))
-        if isinstance(ck.get("optimizer"), str):
-            assert mx.load(str(run_dir / ck["optimizer"]))
-        own = run_dir / "checkpoints" / f"{ck['iteration']:07d}_adapters.safetensors"
-        if own.exists() and own != named:
-            same, got = mx.load(str(own)), mx.load(str(named))
-            diff = [k for k in same if not mx.array_equal(same[k], got[k]).item()]
-            assert not diff, f"{named.name}, which --resume loads, is not checkpoint {ck['iteration']} that the manifest names"
+        close(mx.load(str(named)), mx.load(str(stash / f"{it:07d}_adapters.safetensors")),
+              f"{ck['file']}, which --resume loads as iteration {it},")
+        close(mx.load(str(run_dir / ck["optimizer"])), mx.load(str(stash / f"{it:07d}_optimizer.safetensors")),
+              f"{ck['optimizer']} (Adam state)")
     return manifest
+
+
+def check_finished_as_baseline(run_dir: Path, baseline: Path) -> None:
+    import mlx.core as mx
+
+    manifest = check_run_dir(run_dir, baseline)
+    assert manifest["status"] == "finished" and manifest["iterations_done"] == ITERS, manifest.get("status")
+    its = [r["iteration"] for r in manifest["metrics"]["train"]]
+    assert its == list(range(1, ITERS + 1)), f"train metrics after resumes: {its}"
+    for name in ("adapters.safetensors", "checkpoints/last.safetensors"):
+        close(mx.load(str(run_dir / name)), mx.load(str(baseline / "ws" / "adapters" / "k" / name)), name)
+    assert (run_dir.parent / "LATEST").read_text().strip() == "k"
 
 
 def start_train(ws: Path, env: dict[str, str], model: Path) -> Running:
@@ -116,11 +162,13 @@ def start_train(ws: Path, env: dict[str, str], model: Path) -> Running:
     return start_cli(TRAIN + ["--base-model", str(model), "--run", "k"], ws, env)
 
 
-def training(run_dir: Path) -> bool:
+def trained_to(run_dir: Path) -> int:
+    """The last training iteration the manifest has on record (0 before training)."""
     try:
-        return bool(json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["metrics"]["train"])
+        train = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["metrics"]["train"]
     except (OSError, ValueError, KeyError):
-        return False
+        return 0
+    return train[-1]["iteration"] if train else 0
 
 
 def checkpoint_iteration(run_dir: Path) -> int:
@@ -130,86 +178,81 @@ def checkpoint_iteration(run_dir: Path) -> int:
         return 0
 
 
-def writing_checkpoint(run_dir: Path) -> bool:
-    ck = run_dir / "checkpoints"
-    return ck.is_dir() and any(p.name.startswith(".tmp-") for p in ck.iterdir())
-
-
 @pytest.mark.parametrize("seed", [0, 1])
-def test_killed_training_resumes_and_never_leaves_a_half_written_file(seed, tiny_model, hook_dir, tmp_path):
+def test_killed_training_resumes_to_the_uninterrupted_runs_adapters(seed, tiny_model, hook_dir, baseline, tmp_path):
     ws = tmp_path / "ws"
     write_data(ws)
     run_dir = ws / "adapters" / "k"
-    env = cli_env(None, key=None, RELIABILITY_SLOW_SAVE="1", PYTHONPATH=str(hook_dir))
     rng = random.Random(seed)
-    plan = ["time", "checkpoint", "time"] if seed == 0 else ["checkpoint", "checkpoint", "time"]
+    plan = ["progress", "checkpoint", "progress"] if seed == 0 else ["checkpoint", "checkpoint", "progress"]
     points = []
-    for kind in plan:
-        proc = start_train(ws, env, tiny_model)
-        if kind == "time":  # a random moment once training has begun
-            what = kill_when(proc, lambda: training(run_dir), delay=rng.uniform(0.0, 2.0), timeout=120)
-        else:  # inside a write of a checkpoint file (adapters, last, optimizer)
-            # A checkpoint writes three files (its own, last, the optimizer state), each pausing
-            # PAUSE seconds half-written: the delay picks one of them.
-            what = kill_when(proc, lambda: writing_checkpoint(run_dir), delay=rng.uniform(0.0, PAUSE * 3), timeout=120)
-        manifest = check_run_dir(run_dir, consistent=True)
-        points.append((kind, what, (manifest.get("checkpoint") or {}).get("iteration")))
-        if what == "finished":
-            break
-    assert sum(1 for _, what, _ in points if what == "killed") >= 2, f"kills should land inside training: {points}"
+    for n, kind in enumerate(plan):
+        hooks = Hooks(tmp_path / f"hooks-{n}")
+        env = child_env(hook_dir, tmp_path / "home", **hooks.env)
+        start = checkpoint_iteration(run_dir)
+        if kind == "progress":  # a moment of training once a seeded iteration is on record
+            target = min(start + rng.randint(1, 4), ITERS - 2)
+            proc = start_train(ws, env, tiny_model)
+            assert kill_when(proc, lambda t=target: trained_to(run_dir) >= t, timeout=300) == "killed", str(proc.result())
+            point = f"trained to {target}"
+        else:  # inside the write of a weights file (a checkpoint's own, its optimizer state, last, best)
+            arrival = rng.randint(1, 4)  # a resumed run writes at least 4 before it ends
+            hooks.hold("save-half-written", arrival)
+            proc = start_train(ws, env, tiny_model)
+            kill_at(proc, hooks, "save-half-written", arrival)
+            half = [p.name for d in (run_dir, run_dir / "checkpoints") for p in d.iterdir()
+                    if p.name.startswith(".tmp-") or p.name == ".trainer-final.safetensors"]
+            assert half, "killed with a file half-written"
+            point = f"save {arrival}: {half}"
+        manifest = check_run_dir(run_dir, baseline)
+        points.append((kind, point, (manifest.get("checkpoint") or {}).get("iteration")))
 
-    if points[-1][1] != "finished":
-        final = start_train(ws, env, tiny_model).wait(timeout=300)
-        assert final.returncode == 0, f"{points}\n{final}"
-        assert "Traceback" not in final.output
-    manifest = check_run_dir(run_dir, consistent=True)
-    assert manifest["status"] == "finished" and manifest["iterations_done"] == ITERS, points
-    its = [r["iteration"] for r in manifest["metrics"]["train"]]
-    assert its == sorted(set(its)) and its[-1] == ITERS, f"train metrics after resumes: {its}"
-    assert (ws / "adapters" / "LATEST").read_text().strip() == "k"
-
-
-def _kill_in(ws: Path, env: dict[str, str], model: Path, ready) -> None:
-    proc = start_train(ws, env, model)
-    assert kill_when(proc, ready, timeout=120) == "killed", str(proc.result())
+    final = start_train(ws, child_env(hook_dir, tmp_path / "home"), tiny_model).wait(timeout=300)
+    assert final.returncode == 0 and "Traceback" not in final.output, f"{points}\n{final}"
+    check_finished_as_baseline(run_dir, baseline)
 
 
-def test_kill_between_checkpoint_weights_and_manifest_resumes_consistently(tiny_model, hook_dir, tmp_path):
+def test_kill_between_checkpoint_weights_and_manifest_resumes_consistently(tiny_model, hook_dir, baseline, tmp_path):
     ws = tmp_path / "ws"
     write_data(ws)
     run_dir = ws / "adapters" / "k"
-    env = cli_env(None, key=None, RELIABILITY_SLOW_SAVE="1", PYTHONPATH=str(hook_dir))
-    ck = run_dir / "checkpoints"
 
-    def second_checkpoint_optimizer() -> bool:  # the optimizer state of checkpoint 4 is being written
-        return (ck / "0000004_adapters.safetensors").exists() and any(
-            p.name.startswith(".tmp-") and p.name.endswith("optimizer.safetensors") for p in ck.iterdir())
+    # Checkpoint 4's optimizer state half-written (its weights written, the manifest still naming 2).
+    hooks = Hooks(tmp_path / "hooks-1")
+    hooks.hold("half-written-0000004_optimizer.safetensors")
+    kill_at(start_train(ws, child_env(hook_dir, tmp_path / "home", **hooks.env), tiny_model), hooks,
+            "half-written-0000004_optimizer.safetensors")
+    assert (run_dir / "checkpoints" / "0000004_adapters.safetensors").exists()
+    assert check_run_dir(run_dir, baseline)["checkpoint"]["iteration"] == 2
 
-    def second_checkpoint_last() -> bool:  # checkpoint 4 is named in the manifest; last.safetensors being written
-        return any(p.name.startswith(".tmp-") and p.name.endswith("last.safetensors") for p in ck.iterdir()) and \
-            checkpoint_iteration(run_dir) >= 4
+    # Resumed from 2: checkpoint 4 named in the manifest, its copy in last.safetensors half-written.
+    hooks = Hooks(tmp_path / "hooks-2")
+    hooks.hold("half-written-last.safetensors", 1)
+    kill_at(start_train(ws, child_env(hook_dir, tmp_path / "home", **hooks.env), tiny_model), hooks,
+            "half-written-last.safetensors")
+    assert check_run_dir(run_dir, baseline)["checkpoint"]["iteration"] == 4
 
-    for ready in (second_checkpoint_optimizer, second_checkpoint_last):
-        _kill_in(ws, env, tiny_model, ready)
-        check_run_dir(run_dir, consistent=True)
-    final = start_train(ws, env, tiny_model).wait(timeout=300)
+    final = start_train(ws, child_env(hook_dir, tmp_path / "home"), tiny_model).wait(timeout=300)
     assert final.returncode == 0, str(final)
-    assert check_run_dir(run_dir, consistent=True)["iterations_done"] == ITERS
+    check_finished_as_baseline(run_dir, baseline)
 
 
-def test_kill_during_the_trainers_final_save_leaves_a_resumable_run(tiny_model, hook_dir, tmp_path):
+def test_kill_during_the_trainers_final_save_leaves_a_resumable_run(tiny_model, hook_dir, baseline, tmp_path):
     ws = tmp_path / "ws"
     write_data(ws)
     run_dir = ws / "adapters" / "k"
-    env = cli_env(None, key=None, RELIABILITY_SLOW_SAVE="1", PYTHONPATH=str(hook_dir))
     # mlx-lm's trainer saves its final weights itself, not atomically (mlx_lm/tuner/trainer.py:380):
     # it must write where nothing reads. Kill while that file is half-written.
-    hidden = run_dir / "checkpoints" / ".trainer-final.safetensors"
-    last_half_written = lambda: hidden.exists()  # noqa: E731  (the slow save pauses half-way)
-    _kill_in(ws, env, tiny_model, last_half_written)
-    check_run_dir(run_dir)
-    resumed = start_train(ws, env, tiny_model).wait(timeout=300)
+    hooks = Hooks(tmp_path / "hooks")
+    hooks.hold("half-written-.trainer-final.safetensors")
+    kill_at(start_train(ws, child_env(hook_dir, tmp_path / "home", **hooks.env), tiny_model), hooks,
+            "half-written-.trainer-final.safetensors")
+    assert (run_dir / "checkpoints" / ".trainer-final.safetensors").exists()
+    manifest = check_run_dir(run_dir, baseline)
+    assert manifest["status"] == "running" and manifest["checkpoint"]["iteration"] == ITERS - 2
+    resumed = start_train(ws, child_env(hook_dir, tmp_path / "home"), tiny_model).wait(timeout=300)
     assert resumed.returncode == 0 and "Traceback" not in resumed.output, str(resumed)
+    check_finished_as_baseline(run_dir, baseline)  # it reached the last iteration, not just exit 0
 
 
 def test_adapters_copied_from_the_last_checkpoint_are_written_atomically(tiny_model, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Two commands on one workspace: the second refuses with a clear message; a killed one's lock is stale.
 
-The real CLI runs in subprocesses. A `generate` is held open by a slow test server while other
-commands (dataset, generate, train) start on the same workspace: each refuses in one line, naming
+The real CLI runs in subprocesses. A `generate` is held just before its first request (the
+product's test hook, mlx_partner/testhooks.py) while other commands (dataset, generate, train)
+start on the same workspace: each refuses in one line, naming
 the command and pid that holds the workspace, and leaves the lock alone. Then the `generate` is
 killed with SIGKILL, which leaves its lock file behind; the next `generate` sees that the owner is
 gone, takes the lock over and finishes the work.
@@ -15,8 +16,15 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from fake_anthropic import FakeAnthropic
-from harness import TEST_KEY, assert_one_line_error, cli_env, make_workspace, run_cli, start_cli
+from harness import (
+    TEST_KEY,
+    Hooks,
+    assert_one_line_error,
+    cli_env,
+    make_workspace,
+    run_cli,
+    start_cli,
+)
 
 from mlx_partner.cli import cli
 
@@ -32,39 +40,32 @@ def _lock_owner(ws) -> dict:
     return json.loads((ws / ".mlx-partner.lock").read_text())
 
 
-def test_second_writer_refuses_and_a_killed_writers_lock_is_taken_over(tmp_path):
-    srv = FakeAnthropic(latency=4.0).start()
-    try:
-        ws = make_workspace(tmp_path / "ws")
-        env = cli_env(srv.url)
-        first = start_cli(ARGS, ws, env)
-        deadline = time.monotonic() + 60
-        while not (ws / ".mlx-partner.lock").exists():  # generate holds the lock for its whole run
-            assert first.alive(), str(first.result())
-            assert time.monotonic() < deadline, "generate never took the lock"
-            time.sleep(0.02)
-        assert _lock_owner(ws) == {"pid": first.pid, "command": "generate"}
+def test_second_writer_refuses_and_a_killed_writers_lock_is_taken_over(tmp_path, fake_anthropic):
+    ws = make_workspace(tmp_path / "ws")
+    env = cli_env(fake_anthropic.url)
+    hooks = Hooks(tmp_path / "hooks")
+    hooks.hold("generate-request", 1)  # parked before its first request, the lock held, for as long as we like
+    first = start_cli(ARGS, ws, {**env, **hooks.env})
+    hooks.wait("generate-request", first, timeout=120)
+    assert _lock_owner(ws) == {"pid": first.pid, "command": "generate"}
 
-        for second in SECOND:
-            refused = run_cli(second, ws, env)
-            assert first.alive(), "the first command must still be running for this check to mean anything"
-            assert_one_line_error(refused, "another mlx-partner command", "(generate", f"pid {first.pid}")
-            assert refused.returncode == 1
-            assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-            assert _lock_owner(ws)["pid"] == first.pid, "the refused command must not touch the lock"
+    for second in SECOND:
+        refused = run_cli(second, ws, env)
+        assert first.alive(), "the first command must still be running for this check to mean anything"
+        assert_one_line_error(refused, "another mlx-partner command", "(generate", f"pid {first.pid}")
+        assert refused.returncode == 1
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert _lock_owner(ws)["pid"] == first.pid, "the refused command must not touch the lock"
 
-        first.kill()  # SIGKILL: no cleanup runs, the lock file stays
-        assert _lock_owner(ws)["pid"] == first.pid
-        with pytest.raises(ProcessLookupError):
-            os.kill(first.pid, 0)
+    first.kill()  # SIGKILL: no cleanup runs, the lock file stays
+    assert _lock_owner(ws)["pid"] == first.pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(first.pid, 0)
 
-        srv.configure(latency=0.0)
-        result = run_cli(ARGS, ws, env)
-        assert result.returncode == 0, str(result)
-        assert "Accepted" in result.stdout
-        assert not (ws / ".mlx-partner.lock").exists(), "a finished command releases its lock"
-    finally:
-        srv.stop()
+    result = run_cli(ARGS, ws, env)
+    assert result.returncode == 0, str(result)
+    assert "Accepted" in result.stdout
+    assert not (ws / ".mlx-partner.lock").exists(), "a finished command releases its lock"
 
 
 @pytest.mark.parametrize("content", ["", "{not json", '{"pid": 0}', '{"command": "train"}'])

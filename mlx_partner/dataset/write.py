@@ -29,6 +29,7 @@ from ..prompts import (
     template_has_system_role,
     training_tokens,
 )
+from ..testhooks import reached
 from ..textfmt import table, utc_now
 from ..workspace import (
     Workspace,
@@ -159,6 +160,7 @@ def _write_splits(ws: Workspace, examples: dict[str, list[dict]], system_prompt:
         path = ws.split_path(split)
         if examples[split]:
             atomic_write_jsonl(path, examples[split])
+            reached("dataset-split-written")  # test-only handshake (testhooks.py): between the renames
         elif path.exists():
             path.unlink()  # mlx-lm fails on an empty split file; no file means no split
     atomic_write_text(ws.system_prompt_path, system_prompt)

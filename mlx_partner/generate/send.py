@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from ..errors import GenerationError
+from ..testhooks import reached
 from ..textfmt import utc_now
 from .api import describe_api_error, redact
 from .ledger import append_ledger
@@ -29,6 +30,7 @@ def call(client: Any, params: dict[str, Any]) -> Outcome:
     import anthropic
 
     try:
+        reached("generate-request")  # test-only handshake (testhooks.py): a request in flight
         message = client.messages.create(**params)
     except anthropic.APIError as exc:
         return "error", exc, getattr(exc, "request_id", None)
@@ -170,6 +172,7 @@ def _wait_until_ended(session: Session, client: Any, batch: Any) -> Any:
         # the whole batch's size: a resumed one may hold rounds recorded before the kill
         session.progress.status = f"message batch {batch.id}: {done}/{done + counts.processing} processed"
         session.progress.show()
+        reached("generate-batch-waiting")  # test-only handshake (testhooks.py): a batch in progress
         time.sleep(session.settings.poll_interval)
         batch = client.messages.batches.retrieve(batch.id)
     return batch

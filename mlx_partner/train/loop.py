@@ -28,8 +28,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.optimizers as optim
-import numpy as np
-from mlx.utils import tree_flatten, tree_map_with_path
+from mlx.utils import tree_flatten
 from mlx_lm.tuner import trainer  # trainer.train is looked up at call time (tests patch it)
 from mlx_lm.tuner.callbacks import TrainingCallback
 from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -39,8 +38,10 @@ from ..errors import TrainingError
 from ..memory import GB
 from ..plots import loss_plot
 from ..runs import ADAPTER_WEIGHTS, CHECKPOINTS, LAST_CHECKPOINT, LOSS_PLOT, write_manifest
+from ..testhooks import reached
 from ..textfmt import stderr
 from .data import Data
+from .resume import batch_order, random_key
 from .schedule import KEEP_CHECKPOINTS, Schedule, lr_schedule, should_stop
 
 TRAINER_FINAL = ".trainer-final.safetensors"  # where mlx-lm's own final save goes (see run_trainer)
@@ -86,7 +87,10 @@ def save_safetensors(path: Path, arrays: dict[str, Any]) -> None:
 
 
 def add_adapters(model: Any, s: TrainSettings) -> None:
-    """Freeze the model and add LoRA/DoRA layers (or unfreeze the top layers for full)."""
+    """Freeze the model and add LoRA/DoRA layers (or unfreeze the top layers for full).
+
+    The LoRA matrices start random: seeded, so two runs with one seed start from the same weights."""
+    mx.random.seed(s.seed)
     model.freeze()
     n = len(model.layers)
     if s.fine_tune_type == "full":
@@ -112,18 +116,6 @@ def make_optimizer(s: TrainSettings, sched: Schedule) -> Any:
         warm = optim.linear_schedule(lr.start, lr.peak, lr.warmup)
         decay = optim.join_schedules([warm, decay], [lr.warmup])
     return optim.Adam(learning_rate=decay)
-
-
-def restore_checkpoint(model: Any, opt: Any, run_dir: Path, checkpoint: dict[str, Any]) -> bool:
-    """Load a checkpoint's weights, and its optimizer state where it has one (then True)."""
-    model.load_weights(str(run_dir / checkpoint.get("file", f"{CHECKPOINTS}/{LAST_CHECKPOINT}")), strict=False)
-    name = checkpoint.get("optimizer")
-    if not isinstance(name, str) or not (run_dir / name).exists():
-        return False
-    saved = mx.load(str(run_dir / name))
-    opt.init(model.trainable_parameters())
-    opt.state = tree_map_with_path(lambda p, x: saved.get(p, x), opt.state)
-    return True
 
 
 # --- mlx-lm's trainer, quietly ----------------------------------------------------------------
@@ -234,15 +226,23 @@ class Monitor(TrainingCallback):
         })
         if not math.isfinite(info["train_loss"]):
             raise NaNLoss(it)
-        if it % self.sched.steps_per_eval == 0 and it < self.sched.iters:
+        # A checkpoint between two updates of an accumulated gradient would lose the part summed so far.
+        if it % self.sched.steps_per_eval == 0 and it % self.s.grad_accumulation == 0 and it < self.sched.iters:
             self.checkpoint(it)
         self.show(it)
 
     def on_val_loss_report(self, info: dict[str, Any]) -> None:
         it = info["iteration"] + self.offset
         valid = self.m["metrics"]["valid"]
+        if self.offset and info["iteration"] == 0:
+            # A resumed run validates its starting point, where an uninterrupted run does not
+            # (mlx-lm validates before the step of each multiple of steps_per_eval, so at 3, 7, ...
+            # for checkpoints at 4, 8, ...): recorded as a check of the resume, not as a validation
+            # that could become the best or count towards early stopping.
+            self.m.setdefault("resumes", []).append({"iteration": it, "val_loss": info["val_loss"], "time": time.time()})
+            return
         if any(v["iteration"] == it for v in valid):
-            return  # a resumed run validates its starting point again
+            return  # validated already before the kill that this run resumes from (the best is kept)
         valid.append({"iteration": it, "val_loss": info["val_loss"], "val_time": info["val_time"], "time": time.time()})
         if it == 0 and self.m.get("base_val_loss") is None:
             self.m["base_val_loss"] = info["val_loss"]
@@ -267,7 +267,9 @@ class Monitor(TrainingCallback):
         """Save weights and optimizer state as iteration `it`, then name them in the manifest.
 
         The manifest is the commit point: a kill before it leaves the previous checkpoint named
-        (and whole); `last.safetensors` is a convenience copy of the newest one, written after."""
+        (and whole); `last.safetensors` is a convenience copy of the newest one, written after.
+        With the random key (dropout) and the seeded batch order, a resumed run goes on exactly
+        as an uninterrupted one would."""
         if not self.rank0:
             return
         ck = self.run_dir / CHECKPOINTS
@@ -275,12 +277,14 @@ class Monitor(TrainingCallback):
         save_safetensors(ck / f"{it:07d}_adapters.safetensors", weights)
         save_safetensors(ck / f"{it:07d}_optimizer.safetensors", dict(tree_flatten(self.opt.state)))
         self.m["checkpoint"] = {"iteration": it, "file": f"{CHECKPOINTS}/{it:07d}_adapters.safetensors",
-                                "optimizer": f"{CHECKPOINTS}/{it:07d}_optimizer.safetensors"}
+                                "optimizer": f"{CHECKPOINTS}/{it:07d}_optimizer.safetensors",
+                                "random_key": random_key()}
         self.write()
         save_safetensors(ck / LAST_CHECKPOINT, weights)
         for pattern in ("*_adapters.safetensors", "*_optimizer.safetensors"):
             for old in sorted(ck.glob(pattern))[:-KEEP_CHECKPOINTS]:
                 old.unlink()
+        reached("train-checkpoint-saved")
 
     def write(self) -> None:
         """The manifest (with the time spent so far) and loss.png, from rank 0."""
@@ -336,8 +340,6 @@ class TrainerOutcome:
 def run_trainer(model: Any, opt: Any, data: Data, sched: Schedule, s: TrainSettings, offset: int,
                 monitor: Monitor) -> TrainerOutcome:
     """Train from iteration `offset` to the end; every way out is caught and returned."""
-    mx.random.seed(s.seed + offset)
-    np.random.seed(s.seed + offset)  # mlx-lm's batch order comes from numpy's global state
     final = monitor.run_dir / CHECKPOINTS / TRAINER_FINAL
     args = trainer.TrainingArgs(
         batch_size=s.batch_size, iters=sched.iters - offset, val_batches=s.val_batches,
@@ -355,7 +357,7 @@ def run_trainer(model: Any, opt: Any, data: Data, sched: Schedule, s: TrainSetti
         with quiet_trainer(warnings), terminate_like_ctrl_c():
             if args.iters > 0:
                 trainer.train(model=model, optimizer=opt, train_dataset=data.train, val_dataset=data.valid,
-                              args=args, training_callback=monitor)
+                              args=args, iterate_batches=batch_order(s, offset), training_callback=monitor)
         if args.iters > 0:
             monitor.checkpoint(sched.iters)
         with contextlib.suppress(OSError):

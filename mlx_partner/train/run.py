@@ -177,10 +177,12 @@ def _load_source_adapters(model: Any, source: Path, base_path: Path) -> None:
     if earlier and Path(earlier).resolve() != base_path.resolve():
         raise TrainingError(f"Run {source.name} was trained on {earlier}, not {base_path}; "
                             "continue it with that base model.")
+    from .resume import load_adapter_weights  # imports mlx: only once training starts
+
     try:
-        model.load_weights(str(source / ADAPTER_WEIGHTS), strict=False)
-    except (ValueError, OSError) as exc:
-        raise TrainingError(f"The adapters of {source.name} do not fit this model ({exc}).") from None
+        load_adapter_weights(model, source / ADAPTER_WEIGHTS)
+    except TrainingError as exc:
+        raise TrainingError(f"The adapters of {source.name} do not fit this model: {exc}") from None
 
 
 def _header_lines(loaded: LoadedModel) -> list[str]:
@@ -217,7 +219,7 @@ def _start_manifest(ws: Workspace, start: Start, s: TrainSettings, loaded: Loade
 def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: bool, rank0: bool) -> TrainResult:
     """Load, plan, add adapters, train, and record the outcome (under the workspace lock)."""
     # loop imports mlx and mlx-lm (about a second): here, once training really starts.
-    from . import loop
+    from . import loop, resume
     from .index import save_run_index  # retrieval loads numpy: not at --help time
 
     say = stderr if progress and rank0 else _silent
@@ -238,7 +240,7 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
     opt = loop.make_optimizer(s, sched)
     run_dir = start.run_dir
     checkpoint = (start.previous or {}).get("checkpoint") or {}
-    restored = bool(start.offset) and loop.restore_checkpoint(model, opt, run_dir, checkpoint)
+    restored = bool(start.offset) and resume.restore_checkpoint(model, opt, run_dir, checkpoint)
     notes = list(data.notes) + _resume_notes(start, restored, sched, say)
     index = None
     if rank0:
