@@ -303,7 +303,7 @@ def summary_lines(ws: Workspace, result: DemoResult) -> list[str]:
     lines = [f"Done in {_duration(result.timings.get('total', 0.0))}. The files:",
              f"  dataset    {rel(ws.data_dir)}/  (train/valid/test.jsonl, {ws.system_prompt_path.name})"]
     if result.run_dir:
-        lines.append(f"  adapters   {rel(result.run_dir)}/  (adapters, loss.png, manifest.json)")
+        lines.append(f"  adapters   {rel(result.run_dir)}/  (adapters, loss.png, manifest.json, retrieval/)")
     if result.model_dir:
         lines.append(f"  model      {rel(result.model_dir)}/  (fused, loadable by mlx-lm)")
     lines += [f"  base       {result.base_model}", "",

@@ -102,6 +102,7 @@ def chat_messages(system_prompt: str, turns: Sequence[dict], tokenizer: Any | No
 RAG_PASSAGES = 3  # passages put before a question, in training and in chat alike
 RAG_PASSAGE_CHARS = 700  # about a paragraph; a longer passage is cut at a word
 RAG_HEADER = "Passages from your writing:"
+RAG_QUESTION = "\n\nQuestion: "
 
 
 class PassageLike(Protocol):
@@ -131,7 +132,16 @@ def with_passages(question: str, passages: Sequence[PassageLike]) -> str:
     (`dataset.passages`) and `chat --rag`, so both show the model the same thing."""
     if not passages:
         return question
-    return f"{passage_block(passages)}\n\nQuestion: {question}"
+    return f"{passage_block(passages)}{RAG_QUESTION}{question}"
+
+
+def question_of(user_turn: str) -> str:
+    """The question in a user turn `with_passages` built (the turn itself when it holds none):
+    what eval and retrieval should read from a split written with `[dataset] passages = true`.
+    A system prompt folded in front (templates with no system role) goes with the passages."""
+    start = user_turn.find(RAG_HEADER)
+    at = user_turn.find(RAG_QUESTION, start) if start >= 0 else -1
+    return user_turn[at + len(RAG_QUESTION):] if at >= 0 else user_turn
 
 # --- the tokenizer and what training sees ------------------------------------------------------
 

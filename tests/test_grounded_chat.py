@@ -28,7 +28,7 @@ from mlx_partner.cli import cli
 from mlx_partner.config import Settings
 from mlx_partner.dataset.passages import choose_passages
 from mlx_partner.grounding import normalise
-from mlx_partner.prompts import RAG_HEADER, RAG_PASSAGES, with_passages
+from mlx_partner.prompts import RAG_HEADER, RAG_PASSAGES, question_of, with_passages
 from mlx_partner.retrieval import INDEX_DIR, SourceIndex, build_index
 from mlx_partner.sources.documents import load_documents
 from mlx_partner.workspace import Workspace, read_jsonl
@@ -201,6 +201,8 @@ def test_with_passages_renders_numbered_passages_before_the_question(index):
     assert text.startswith(RAG_HEADER + "\n[1] ") and text.endswith(f"\n\nQuestion: {ON_TOPIC}")
     assert text.count("\n[") == RAG_PASSAGES and f"({chosen[0].doc_id})" in text
     assert with_passages("Q?", []) == "Q?"
+    assert question_of(text) == ON_TOPIC and question_of(ON_TOPIC) == ON_TOPIC
+    assert question_of(f"SYSTEM PROMPT\n\n{text}") == ON_TOPIC  # folded in by a template with no system role
 
 
 def test_training_passages_hold_the_pairs_own_and_distractors(index):
@@ -348,9 +350,9 @@ def test_dataset_with_passages_trains_and_chats_the_same_way(tiny_model, tmp_pat
     assert all(u.startswith(RAG_HEADER) and "\n\nQuestion: " in u for u in users)
     pairs = {p["question"]: p for p in read_jsonl(tmp_path / "examples" / "pairs.jsonl")[0]}
     for u in users:  # each holds the passage of its own quote (a boundary pair may have none)
-        pair = pairs[u.split("\n\nQuestion: ", 1)[1]]
+        pair = pairs[question_of(u)]
         assert all(f"({doc})" in u for doc in pair["sources"][:1])
-    assert sum(bool(pairs[u.split("\n\nQuestion: ", 1)[1]]["sources"]) for u in users) >= len(users) * 0.8
+    assert sum(bool(pairs[question_of(u)]["sources"]) for u in users) >= len(users) * 0.8
     assert run_train(ws, settings, run_name="rag", progress=False).status == "finished"
     result = chat(tmp_path, "--run", "rag", "--rag", "--prompt", ON_TOPIC, "--json")
     assert result.exit_code == 0, result.output
