@@ -117,6 +117,8 @@ TRAIN_FLAGS: tuple[tuple[tuple[str, ...], dict], ...] = (
     (("--grad-checkpoint/--no-grad-checkpoint",), {"key": "train.grad_checkpoint"}),
     (("--mask-prompt/--no-mask-prompt",), {"key": "train.mask_prompt"}),
     (("--seed",), {"key": "train.seed", "type": int}),
+    (("--method",), {"key": "train.method", "type": click.Choice(["sft", "orpo", "dpo"])}),
+    (("--preference-beta",), {"key": "train.preference_beta", "type": click.FloatRange(min=0, min_open=True)}),
 )
 
 

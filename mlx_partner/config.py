@@ -82,6 +82,8 @@ class TrainSettings:
     grad_checkpoint: bool = _f(False, "Recompute activations to save memory.")
     mask_prompt: bool = _f(True, "Train on the answers only.")
     seed: int = _f(0, "Seed for training.")
+    method: str = _f("sft", "sft (imitate the answers), orpo or dpo (prefer them to the base model's own, or to the answer a correction replaced).")
+    preference_beta: float = _f(0.1, "orpo/dpo: weight of the preference term (orpo) or the strength of the preference (dpo).")
 
 
 @dataclass(frozen=True)
