@@ -255,7 +255,7 @@ def _mix_option(ctx: click.Context, param: click.Parameter, value: str | None) -
             mix[name.strip()] = float(share)
         return mix
     except ValueError:
-        raise click.BadParameter("use kind=share pairs, e.g. genuine=0.5,scenario=0.25,pushback=0.25") from None
+        raise click.BadParameter("use kind=share pairs, e.g. genuine=0.44,scenario=0.22,pushback=0.22,boundary=0.12") from None
 
 
 @cli.command()
@@ -263,7 +263,8 @@ def _mix_option(ctx: click.Context, param: click.Parameter, value: str | None) -
 @setting("--pairs", "pairs_total", key="generate.pairs_total", type=click.IntRange(min=1))
 @setting("--pairs-per-round", key="generate.pairs_per_round", type=click.IntRange(min=1, max=50))
 @setting("--mix", key="generate.mix", callback=_mix_option,
-         help="Share of each kind, e.g. genuine=0.5,scenario=0.25,pushback=0.25.")
+         help="Share of each kind, e.g. genuine=0.44,scenario=0.22,pushback=0.22,boundary=0.12 (boundary=0: none).")
+@setting("--probes", key="generate.probes", type=click.IntRange(min=0, max=100))
 @setting("--concurrency", key="generate.concurrency", type=click.IntRange(min=1, max=64))
 @setting("--output", key="generate.output", type=click.Choice(["auto", "tool", "json"]))
 @click.option("--batch-api", is_flag=True, help="Send through the Message Batches API: half price, slower.")
@@ -271,12 +272,16 @@ def _mix_option(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--force", is_flag=True, help="Regenerate everything: retire current pairs and send every request again.")
 @pass_app
 def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_round: int | None, mix: dict | None,
-             concurrency: int | None, output: str | None, batch_api: bool, dry_run: bool, force: bool) -> None:
+             probes: int | None, concurrency: int | None, output: str | None, batch_api: bool, dry_run: bool,
+             force: bool) -> None:
     """Write grounded question/answer pairs in your voice from your documents, with Claude.
 
     Documents go in thematic batches; each batch is asked in rounds for genuine questions,
-    scenarios and pushback, answered in the first person from your documents only. Every quote
-    is checked against its document; rejected pairs go to data/rejected.jsonl with the reason.
+    scenarios and pushback, answered in the first person from your documents only, then in a
+    last round for boundary pairs: near-domain questions your documents do not answer (checked
+    against every document), declined in your voice. Every quote is checked against its
+    document; rejected pairs go to data/rejected.jsonl with the reason. Once, a last request
+    writes near-domain probe questions for `eval` to data/probes.jsonl (never trained on).
     A run that stops (or is killed) continues where it left off; changed documents are
     regenerated and the pairs citing them retired. Reads ANTHROPIC_API_KEY (or
     ANTHROPIC_AUTH_TOKEN) and ANTHROPIC_BASE_URL from the environment.
@@ -293,7 +298,7 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
 
     settings = app.settings.override(
         "generate", model=model, pairs_total=pairs_total, pairs_per_round=pairs_per_round, mix=mix,
-        concurrency=concurrency, output=output,
+        probes=probes, concurrency=concurrency, output=output,
     )
     if dry_run:
         prep = prepare(app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api)
@@ -306,7 +311,7 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
         echo=lambda line: click.echo(line, err=True),
     )
     click.echo(format_summary(result))
-    if result.failed:
+    if not result.complete:  # a batch, a boundary round or the probe request failed: the next run finishes it
         sys.exit(1)
 
 

@@ -42,7 +42,9 @@ class GenerateSettings:
     model: str = _f("claude-sonnet-5-5", "Generator model, e.g. claude-sonnet-5-5, claude-haiku-4-5, or glm-4.6 behind ANTHROPIC_BASE_URL.")
     pairs_total: int = _f(0, "Pairs to generate in all (0 = about 9 per 1000 source words, the seed run's scale).")
     pairs_per_round: int = _f(8, "Pairs asked for in one request.")
-    mix: dict = _f({"genuine": 0.5, "scenario": 0.25, "pushback": 0.25}, "Share of each kind of pair.")
+    mix: dict = _f({"genuine": 0.44, "scenario": 0.22, "pushback": 0.22, "boundary": 0.12},
+                   "Share of each kind of pair; boundary pairs decline near-domain questions her writing does not answer.")
+    probes: int = _f(16, "Near-domain probe questions written once to data/probes.jsonl for `eval`, never trained on (0 = none).")
     concurrency: int = _f(4, "Requests in flight at once.")
     max_retries: int = _f(4, "SDK retries for 429, 5xx, 529 and timeouts (with backoff, honouring retry-after).")
     timeout: float = _f(120.0, "Seconds before one request times out.")

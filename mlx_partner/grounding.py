@@ -3,6 +3,11 @@
     reason = check_pair(pair, batch_texts, kinds)     # None when the pair is fine
     index = QuestionIndex(); index.find(question)     # near-duplicate lookup
 
+Pairs come in `KINDS`: three that answer from her documents, and `boundary`, a near-domain
+question her documents do not answer, whose answer declines (`decline.opens_with_decline`) and may
+point, with quotes checked like any other, to what she did write. Whether the documents answer a
+boundary question is not decided here but by `retrieval` over the whole corpus (`generate`).
+
 A quote must occur in the document it cites. Both sides are normalised (Unicode, case, quote
 marks, dashes, ellipses, whitespace) and a quote may differ from its source by a few characters
 (a dropped comma, a typo fixed), but never by more: a paraphrase is not a quote.
@@ -20,7 +25,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("genuine", "scenario", "pushback")
+from .decline import opens_with_decline, says_not_written
+
+BOUNDARY = "boundary"
+ANSWER_KINDS = ("genuine", "scenario", "pushback")  # answered from her documents
+KINDS = (*ANSWER_KINDS, BOUNDARY)
 
 # How close a quote must be to a span of its document once both are normalised. 0.92 lets a
 # couple of typos or dropped punctuation marks through in a sentence and rejects paraphrases.
@@ -149,7 +158,10 @@ def quote_in_document(quote: str, document: str, min_ratio: float = QUOTE_MIN_RA
 class Rejection:
     """Why a pair was rejected: a short code for summaries and a sentence for people."""
 
-    code: str  # missing-field | bad-type | wrong-source | invented-quote | unsupported-answer | duplicate
+    # missing-field | bad-type | wrong-source | invented-quote | unsupported-answer | duplicate |
+    # not-a-decline (a boundary answer that does not decline) | declines (an answer kind that does) |
+    # answerable (a boundary question her writing covers: generate) | held-out (repeats a probe: generate)
+    code: str
     detail: str
 
 
@@ -158,18 +170,20 @@ def _text(value: object) -> str:
 
 
 def check_fields(pair: Mapping[str, object], kinds: Iterable[str] = KINDS) -> Rejection | None:
-    """Every required field present, of the right type, and not empty."""
+    """Every required field present, of the right type, and not empty. A boundary pair's sources
+    and quotes may be empty lists (nothing she wrote is near), or absent."""
     for name in ("question", "answer"):
         if not _text(pair.get(name)):
             return Rejection("missing-field", f"the {name} is missing or empty")
     kind = pair.get("type")
     if kind not in tuple(kinds):
         return Rejection("bad-type", f"type {kind!r} is not one of {', '.join(kinds)}")
-    sources = pair.get("sources")
-    if not isinstance(sources, list) or not sources or not all(_text(s) for s in sources):
+    optional = kind == BOUNDARY
+    sources = pair.get("sources", [] if optional else None)
+    if not isinstance(sources, list) or not (sources or optional) or not all(_text(s) for s in sources):
         return Rejection("missing-field", "sources must be a non-empty list of document ids")
-    quotes = pair.get("quotes")
-    if not isinstance(quotes, list) or not quotes:
+    quotes = pair.get("quotes", [] if optional else None)
+    if not isinstance(quotes, list) or not (quotes or optional):
         return Rejection("missing-field", "quotes must be a non-empty list")
     for q in quotes:
         if not isinstance(q, dict) or not _text(q.get("source")) or not _text(q.get("text")):
@@ -186,12 +200,19 @@ def check_pair(
 
     Returns None if the pair is grounded: fields complete, every cited id a document of the
     batch, every quote found in the document it names, and an answer that uses the quotes' words.
+    A boundary answer must open with a decline; an answer of the other kinds must not say her
+    writing does not cover the question.
     """
     bad = check_fields(pair, kinds)
     if bad:
         return bad
-    sources = [s.strip() for s in pair["sources"]]  # type: ignore[union-attr]
-    quotes = pair["quotes"]
+    answer = str(pair["answer"])
+    if pair["type"] == BOUNDARY and not opens_with_decline(answer):
+        return Rejection("not-a-decline", f"a boundary answer must decline up front, not answer: {answer[:80]!r}")
+    if pair["type"] != BOUNDARY and says_not_written(answer):
+        return Rejection("declines", f"a {pair['type']} answer says her writing does not cover it: {answer[:80]!r}")
+    sources = [s.strip() for s in pair.get("sources") or []]  # type: ignore[union-attr]
+    quotes = pair.get("quotes") or []
     for doc_id in sources:
         if doc_id not in documents:
             return Rejection("wrong-source", f"cites {doc_id!r}, which is not a document of this batch")
@@ -203,8 +224,10 @@ def check_pair(
             return Rejection("wrong-source", f"quotes {doc_id!r} but does not list it in sources")
         if not quote_in_document(text, documents[doc_id]):
             return Rejection("invented-quote", f"quote not found in {doc_id}: {text[:80]!r}")
+    if not quotes:  # a boundary pair that points at nothing: nothing to compare
+        return None
     quoted = set().union(*(content_words(q["text"]) for q in quotes))  # type: ignore[union-attr]
-    shared = content_words(pair["answer"]) & quoted  # type: ignore[arg-type]
+    shared = content_words(answer) & quoted
     if len(shared) < min(2, len(quoted)):
         return Rejection("unsupported-answer", "the answer shares almost no words with its quotes")
     return None

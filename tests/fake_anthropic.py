@@ -13,6 +13,13 @@ the request: each pair quotes a real sentence of a document, and its first-perso
 that sentence's words. Everything is deterministic: a reply depends only on the request body and
 the seed, so a re-sent request gets the same reply.
 
+Boundary rounds ("Pairs to write: 2 (boundary: 2)") get near-domain questions no document
+answers, declined with a pointer quote; the probe request (tool record_probes, or "Probe
+questions to write: N") gets probe questions. Both are written by fake_boundary.py, which also
+makes them bad on request (boundary_answered, boundary_position, boundary_invented, boundary_none,
+probe_answered, probe_none). The faults for pairs of the other kinds (invented, wrong_source,
+duplicate, quote_noise) leave boundary pairs alone, so each fault is one the test asked for.
+
 Token counts are crude on purpose, 4 characters a token (the same rule the dry-run estimator
 uses), and prompt caching is simulated: with cache_control present, the prefix up to the last
 marked block is "written" the first time it is seen and "read" afterwards, from 1024 tokens on.
@@ -30,10 +37,13 @@ from dataclasses import dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fake_boundary import boundary_pairs, probe_questions
+
 MIN_CACHEABLE = 1024
 DOC_RE = re.compile(r'<document id="([^"]+)"[^>]*>\n(.*?)\n</document>', re.S)
 ROUND_RE = re.compile(r"Round (\d+) of (\d+)")
 COUNT_RE = re.compile(r"Pairs to write: (\d+) \(([^)]*)\)")
+PROBES_RE = re.compile(r"Probe questions to write: (\d+)")
 FAKE_WORDS = ["lanterns", "quietly", "negotiate", "with", "accountants", "whenever", "marble", "orchards", "forget", "their", "harbour", "velvet", "committees", "measure", "moonlight", "in", "teaspoons", "while", "copper", "violins", "elect", "a", "lighthouse"]
 SWAPS = {
     "the": "a", "is": "was", "and": "but", "not": "never", "every": "each", "my": "our", "i": "we",
@@ -60,6 +70,12 @@ class Faults:
     text_only: bool = False  # ignore tools and answer with JSON in text
     api_key: str | None = None  # when set, other keys get 401
     batch_polls: int = 1  # retrieves answered in_progress before a message batch ends
+    boundary_answered: float = 0.0  # boundary pair asks a question the documents answer
+    boundary_position: float = 0.0  # boundary answer takes a position instead of declining
+    boundary_invented: float = 0.0  # boundary answer's pointer quote is not in the documents
+    boundary_none: bool = False  # boundary rounds answered with an empty pairs list
+    probe_answered: float = 0.0  # probe question the documents answer
+    probe_none: bool = False  # the probe request answered with an empty questions list
 
 
 @dataclass
@@ -163,6 +179,7 @@ class FakeAnthropic:
     def __init__(self, **faults: Any) -> None:
         self.faults = Faults(**faults)
         self.produced: list[Produced] = []
+        self.probes: list[tuple[str, str | None]] = []  # every probe question sent, with its fault
         self.requests: list[dict[str, Any]] = []  # {"path", "status", "body"} of every request
         self._state = _State()
         self._lock = threading.Lock()
@@ -233,6 +250,7 @@ class FakeAnthropic:
     def reset_log(self) -> None:
         with self._lock:
             self.produced.clear()
+            self.probes.clear()
             self.requests.clear()
 
     def clear_cache(self) -> None:
@@ -322,7 +340,16 @@ class FakeAnthropic:
             b.get("text", "") for m in body.get("messages", []) if m.get("role") == "user" for b in _blocks(m.get("content", ""))
         )
         rng = random.Random(f"{f.seed}:{key}:reply")
-        pairs, produced = self._pairs(user_text, f, rng)
+        field = "pairs"
+        probes: list[tuple[str, str | None]] = []
+        m = PROBES_RE.search(user_text)
+        if m:
+            field = "questions"
+            openings = [text for _, text in DOC_RE.findall(user_text)]
+            pairs, probes = probe_questions(openings, int(m.group(1)), user_text.lower(), f, rng)
+            produced: list[Produced] = []
+        else:
+            pairs, produced = self._pairs(user_text, f, rng)
         use_tool = bool(body.get("tools")) and not f.text_only
         stop = "tool_use" if use_tool else "end_turn"
         roll = rng.random()
@@ -330,17 +357,17 @@ class FakeAnthropic:
         truncated = not malformed and roll < f.malformed + f.truncated
         if use_tool:
             tool = body.get("tool_choice", {}).get("name") or body["tools"][0]["name"]
-            payload: Any = {"pairs": pairs}
+            payload: Any = {field: pairs}
             if malformed:
-                payload = {"pairs": "I have written the pairs above."} if rng.random() < 0.5 else {"items": pairs}
+                payload = {field: "I have written the pairs above."} if rng.random() < 0.5 else {"items": pairs}
             elif truncated:
                 first = dict(pairs[0]) if pairs else {}
                 first.pop("quotes", None)
-                payload, stop = {"pairs": [first]}, "max_tokens"
+                payload, stop = {field: [first]}, "max_tokens"
             content = [{"type": "tool_use", "id": "toolu_" + key[:20], "name": tool, "input": payload}]
             out_text = json.dumps(payload)
         else:
-            text = json.dumps({"pairs": pairs}, ensure_ascii=False)
+            text = json.dumps({field: pairs}, ensure_ascii=False)
             if malformed:
                 text = "Here are the pairs you asked for: " + text[: len(text) // 2] + " ... and so on."
             elif truncated:
@@ -350,6 +377,7 @@ class FakeAnthropic:
         if record and not (malformed or truncated):
             with self._lock:
                 self.produced.extend(produced)
+                self.probes.extend(probes)
         usage["output_tokens"] = _tokens(out_text)
         return {
             "id": "msg_" + key[:24],
@@ -381,6 +409,9 @@ class FakeAnthropic:
         pool = [(d, s) for d, text in docs for s in sentences(text)]
         # A fixed order per batch, then skip sentences whose questions were already asked.
         random.Random(_sha("|".join(doc_ids))).shuffle(pool)
+        if kinds and all(k == "boundary" for k in kinds):
+            bpairs, made = boundary_pairs(pool, len(kinds), asked_text, f, rng)
+            return bpairs, [Produced(q, fault, doc_ids, quote, sources) for q, fault, quote, sources in made]
         fresh = [(d, s) for d, s in pool if _phrase(s) not in asked_text]
         pairs: list[dict[str, Any]] = []
         produced: list[Produced] = []

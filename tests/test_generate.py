@@ -11,7 +11,12 @@ import pytest
 from mlx_partner.config import GenerateSettings
 from mlx_partner.errors import GenerationError
 from mlx_partner.generate.api import check_credentials, redact
-from mlx_partner.generate.ledger import finished_requests, plan_generation, stale_pairs
+from mlx_partner.generate.ledger import (
+    asked_before,
+    finished_requests,
+    plan_generation,
+    stale_pairs,
+)
 from mlx_partner.generate.plan import estimate
 from mlx_partner.generate.replies import (
     Context,
@@ -243,7 +248,10 @@ def test_plan_generation_counts_kept_pairs_and_done_rounds():
     batch = make_batch()
     settings = GenerateSettings(pairs_total=20, pairs_per_round=8)
     plan = plan_generation([batch], {}, {}, settings)[0]
-    assert plan.target == 20 and [r.n_pairs for r in plan.rounds] == [8, 8, 4]
+    # 12% of 20 is 2.4: two boundary pairs, in a last round of their own
+    assert plan.target == 20 and [r.n_pairs for r in plan.rounds] == [8, 8, 2, 2]
+    assert [r.boundary for r in plan.rounds] == [False, False, False, True]
+    assert plan.rounds[-1].kinds == (("boundary", 2),)
     done = {plan.rounds[0].key: {"questions": ["q"]}}
     active = {batch.id: [{"batch_sha": "old", "question": f"old {i}"} for i in range(5)]}
     again = plan_generation([batch], active, done, settings)[0]
@@ -251,11 +259,25 @@ def test_plan_generation_counts_kept_pairs_and_done_rounds():
     assert len(again.todo) == len(again.rounds) - 1
 
 
+def test_a_batch_generated_by_an_older_prompt_is_asked_for_its_boundary_round_only():
+    batch = make_batch()
+    settings = GenerateSettings(pairs_total=20, pairs_per_round=8)
+    old = [{"batch_sha": batch.sha256, "prompt_version": "gen-1", "type": "genuine", "question": f"q{i}", "round": i // 8,
+            "position": i % 8} for i in range(20)]
+    plan = plan_generation([batch], {batch.id: old}, {}, settings)[0]
+    assert plan.kept == 20 and [(r.index, r.kinds) for r in plan.rounds] == [(0, (("boundary", 2),))]
+    # its boundary round lists the kept questions as already asked
+    assert asked_before(plan, plan.rounds[0], old, {}) == [f"q{i}" for i in range(20)]
+    # pairs of the rounds planned now are not kept: they are the rounds' own
+    mine = [{**p, "prompt_version": PROMPT_VERSION} for p in old]
+    assert plan_generation([batch], {batch.id: mine}, {}, settings)[0].kept == 0
+
+
 def test_estimate_uses_cache_after_the_first_round():
     long_text = " ".join(f"Sentence number {i} is about bread and benches." for i in range(600))
     batch = make_batch(docs=(("bread/long.md", long_text),))
     docs = {"bread/long.md": make_doc("bread/long.md", long_text)}
-    settings = GenerateSettings(pairs_total=24, pairs_per_round=8)
+    settings = GenerateSettings(pairs_total=24, pairs_per_round=8, mix={"genuine": 1.0})
     plans = plan_generation([batch], {}, {}, settings)
     est = estimate(plans, docs, "profile", {}, {}, settings)
     assert est.requests == 3

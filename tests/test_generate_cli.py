@@ -26,6 +26,10 @@ from mlx_partner.workspace import Workspace, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk-ant-test-key-0123456789abcdef"
+# The example workspace by default: 64 pairs in 4 batches, 8 of them boundary pairs (12%), in 12
+# rounds (two answer rounds and one boundary round a batch), and one probe request.
+ROUNDS = 12
+REQUESTS = ROUNDS + 1
 
 
 @pytest.fixture
@@ -66,6 +70,16 @@ def ledger(ws: Path) -> list[dict]:
     return [r for r in read_jsonl(ws / "data" / "ledger.jsonl")[0] if "key" in r]
 
 
+def billed(ws: Path) -> list[dict]:
+    """Every ledger line of a request: the rounds' and the probe request's."""
+    return [r for r in read_jsonl(ws / "data" / "ledger.jsonl")[0] if "key" in r or r.get("event") == "probes"]
+
+
+def content(p) -> tuple:
+    """What identifies a pair in the server's log: question, its first quote (if any), cited documents."""
+    return p["question"], (p["quotes"][0]["text"] if p["quotes"] else ""), tuple(p["sources"])
+
+
 def messages_sent(server) -> list[dict]:
     return [r for r in server.requests if r["path"] == "/v1/messages"]
 
@@ -82,15 +96,17 @@ def test_generate_writes_grounded_pairs_ledger_and_summary(ws, api):
     assert result.exit_code == 0, result.output
     got = pairs(ws)
     assert len(got) == 64
-    assert Counter(p["type"] for p in got) == {"genuine": 32, "scenario": 16, "pushback": 16}
+    kinds = Counter(p["type"] for p in got)
+    assert kinds["boundary"] == 8 and kinds["genuine"] == 28 and kinds["scenario"] + kinds["pushback"] == 28
     docs = {str(p.relative_to(ws / "sources")) for p in (ws / "sources").rglob("*.md")}
     for p in got:
         assert p["model"] == "claude-sonnet-5-5" and p["prompt_version"]
         assert set(p["sources"]) <= docs and set(p["source_hashes"]) == set(p["sources"])
-        assert p["quotes"] and p["answer"].startswith("I ")
+        if p["type"] != "boundary":
+            assert p["quotes"] and p["answer"].startswith("I ")
     assert len({p["id"] for p in got}) == 64
     records = ledger(ws)
-    assert len(records) == 9 and all(r["status"] == "ok" for r in records)
+    assert len(records) == ROUNDS and all(r["status"] == "ok" for r in records)
     assert KEY not in (ws / "data" / "ledger.jsonl").read_text()
     for r in records:
         assert r["input_tokens"] > 0 and r["output_tokens"] > 0 and r["cost_usd"] > 0 and r["source_hashes"]
@@ -104,11 +120,11 @@ def test_generate_writes_grounded_pairs_ledger_and_summary(ws, api):
     sources_json = json.loads((ws / "data" / "sources.json").read_text())
     assert set(sources_json) == docs
     assert "Accepted 64 pairs" in result.stdout and "Estimated cost: $" in result.stdout
-    assert "requests 9/9" in result.stderr
-    # a second run has nothing left to do and sends nothing
+    assert f"requests {REQUESTS}/{REQUESTS}" in result.stderr
+    # a second run has nothing left to do and sends nothing (the probes are written once)
     api.reset_log()
     again = generate(ws)
-    assert again.exit_code == 0 and messages_sent(api) == [] and "9 already done" in again.stdout
+    assert again.exit_code == 0 and messages_sent(api) == [] and f"{ROUNDS} already done" in again.stdout
     assert len(pairs(ws)) == 64
 
 
@@ -126,7 +142,7 @@ def test_injected_pairs_are_rejected_and_every_genuine_pair_is_accepted(ws, api)
     # was rejected may come back later as a genuine pair with the same question.
     genuine = {p.content for p in produced if p.fault is None}
     injected = {p.content for p in produced if p.fault is not None}
-    accepted = [(p["question"], p["quotes"][0]["text"], tuple(p["sources"])) for p in pairs(ws)]
+    accepted = [content(p) for p in pairs(ws)]
     assert len(accepted) == len(set(accepted))
     assert set(accepted) == genuine
     assert not set(accepted) & injected
@@ -161,7 +177,7 @@ def test_killed_run_resumes_to_the_same_pairs(ws, api, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {r["key"] for r in ledger(ws) if r["status"] == "ok"}
-    assert 3 <= len(done_before) < 9, "the kill should land partway"
+    assert 3 <= len(done_before) < ROUNDS, "the kill should land partway"
     time.sleep(0.8)  # let the server finish (and log) the requests that were in flight
     sent_before = len(messages_sent(api))
 
@@ -172,10 +188,10 @@ def test_killed_run_resumes_to_the_same_pairs(ws, api, tmp_path):
     assert len({p["id"] for p in got}) == len(got)  # none doubled
     ok = Counter(r["key"] for r in ledger(ws) if r["status"] == "ok")
     assert set(ok) == {r["key"] for r in ledger(reference)} and max(ok.values()) == 1
-    # finished requests were not sent again: the re-run sent only what was left, plus at most
-    # the requests that were in flight when the kill came
+    # finished requests were not sent again: the re-run sent only what was left (and the probe
+    # request, which comes after every round), plus at most the requests in flight at the kill
     resent = len(messages_sent(api)) - sent_before
-    assert resent == 9 - len(done_before)
+    assert resent == REQUESTS - len(done_before)
     assert sent_before <= len(done_before) + 2
 
 
@@ -186,10 +202,15 @@ def test_dry_run_sends_nothing_and_estimates_within_20_percent(ws, api):
     result = generate(ws, "--dry-run")
     assert result.exit_code == 0, result.output
     assert api.requests == [] and not (ws / "data").exists()
-    assert "9 of 9 requests to send" in result.stdout and "Estimated cost: $" in result.stdout
+    assert f"{REQUESTS} of {REQUESTS} requests to send" in result.stdout and "Estimated cost: $" in result.stdout
+    # the plan shows the boundary rounds and the probe request
+    assert "Boundary rounds: 4 (4 to send), 8 boundary pairs (12% of the pairs planned)" in result.stdout
+    assert "Probe request: 1, after the batches: 16 near-domain probe questions" in result.stdout
+    table = [line.split() for line in result.stdout.splitlines() if line.strip().startswith(("bread", "repair"))]
+    assert table and all(row[6] == "2" for row in table)  # the boundary column: 2 a batch
     est = prepare(Workspace.at(ws), GenerateSettings(), SourcesSettings()).estimate
     assert generate(ws).exit_code == 0
-    records = ledger(ws)
+    records = billed(ws)
     assert est.requests == len(records)
     total_input = sum(r["input_tokens"] + r["cache_creation_input_tokens"] + r["cache_read_input_tokens"] for r in records)
     assert est.total_input == pytest.approx(total_input, rel=0.2)
@@ -199,7 +220,9 @@ def test_dry_run_sends_nothing_and_estimates_within_20_percent(ws, api):
     assert est.output_tokens == pytest.approx(sum(r["output_tokens"] for r in records), rel=0.2)
     assert est.cost == pytest.approx(sum(r["cost_usd"] for r in records), rel=0.2)
     # after the run, the dry run has nothing left to send
-    assert "0 of 9 requests to send (9 already done)" in generate(ws, "--dry-run").stdout
+    after = generate(ws, "--dry-run").stdout
+    assert f"0 of {ROUNDS} requests to send ({ROUNDS} already done)" in after
+    assert "data/probes.jsonl holds 16 probes, kept" in after
 
 
 def test_dry_run_needs_no_credential(ws, monkeypatch):
@@ -216,7 +239,7 @@ def test_rate_limits_and_server_errors_are_retried(ws, api):
     result = generate(ws, "--concurrency", "3")
     assert result.exit_code == 0, result.output
     statuses = Counter(r["status"] for r in messages_sent(api))
-    assert statuses[429] and statuses[500] and statuses[529] and statuses[200] == 9
+    assert statuses[429] and statuses[500] and statuses[529] and statuses[200] == REQUESTS
     assert len(pairs(ws)) == 64
 
 
@@ -239,7 +262,7 @@ def test_invalid_replies_are_asked_again_and_failed_batches_retried_next_run(ws,
     api.configure(malformed=0.0, truncated=0.0)
     result = generate(ws)
     assert result.exit_code == 0, result.output
-    assert len({r["key"] for r in ledger(ws) if r["status"] == "ok"}) == 9
+    assert len({r["key"] for r in ledger(ws) if r["status"] == "ok"}) == ROUNDS
     assert len(pairs(ws)) == 64
 
 
@@ -285,9 +308,11 @@ def test_batch_api_gives_the_same_pairs_at_half_price(ws, api, tmp_path):
     result = generate(ws, "--batch-api")
     assert result.exit_code == 0, result.output
     paths = [r["path"] for r in api.requests]
-    assert "/v1/messages" not in paths and paths.count("/v1/messages/batches") == 3  # one per round wave
+    # one message batch per wave: answer rounds 1 and 2, then the boundary rounds; the one probe
+    # request goes through the Messages API (and says so in the plan)
+    assert paths.count("/v1/messages") == 1 and paths.count("/v1/messages/batches") == 3
     records = ledger(ws)
-    assert all(r["batch_api"] for r in records) and len(records) == 9
+    assert all(r["batch_api"] for r in records) and len(records) == ROUNDS
     api.clear_cache()
     assert generate(other).exit_code == 0
     assert snapshot(ws) == snapshot(other)
@@ -316,7 +341,7 @@ def test_killed_batch_api_run_collects_its_message_batch_instead_of_resending(ws
     result = generate(ws, "--batch-api")
     assert result.exit_code == 0, result.output
     assert "Collecting message batch" in result.stderr
-    creates = [r for r in api.requests if r["method"] == "POST"]
+    creates = [r for r in api.requests if r["method"] == "POST" and r["path"] == "/v1/messages/batches"]
     assert len(creates) == 3  # one per wave of rounds, the first sent by the killed run
     assert generate(reference).exit_code == 0
     assert snapshot(ws) == snapshot(reference)
@@ -328,7 +353,7 @@ def test_killed_batch_api_run_collects_its_message_batch_instead_of_resending(ws
 def test_changed_document_retires_its_pairs_and_regenerates_only_its_batch(ws, api):
     assert generate(ws).exit_code == 0
     before = pairs(ws)
-    changed = "repair/three-tools.md"
+    changed = Counter(d for p in before for d in p["sources"] if d.startswith("repair/")).most_common(1)[0][0]
     path = ws / "sources" / changed
     path.write_text(path.read_text() + "\nA fourth tool, patience, is the one nobody sells in a shop.\n")
     status = CliRunner().invoke(cli, ["-w", str(ws), "sources"])
@@ -363,7 +388,7 @@ def test_force_regenerates_everything(ws, api):
     api.reset_log()
     result = generate(ws, "--force")
     assert result.exit_code == 0, result.output
-    assert len(messages_sent(api)) == 9
+    assert len(messages_sent(api)) == REQUESTS  # the probes too: --force writes them again
     assert snapshot(ws) == first  # same server, same pairs
     retired, _ = read_jsonl(ws / "data" / "retired.jsonl")
     assert len(retired) == 64 and {r["reason"] for r in retired} == {"regenerated (--force)"}

@@ -3,8 +3,10 @@
 The real CLI runs in a subprocess against the local Messages API server (tests/fake_anthropic.py),
 which answers deterministically from the request, with some latency and some bad pairs (invented
 quotes, duplicates) so the rejection path is crossed too. Kill points are drawn from a seeded RNG:
-a moment during start-up, just after the Nth ledger line, or just after the pairs file grows (the
-window between writing pairs and recording the request as done). After each kill the command is
+the Nth request about to be sent (the child is held there by the product's test hook,
+mlx_partner/testhooks.py, so the kill lands there for sure), just after the Nth ledger line, or
+just after the pairs file grows (the window between writing pairs and recording the request as
+done). After each kill the command is
 run again to completion; the accepted pairs must equal an uninterrupted run's (same ids, same
 content), with no pair doubled, no truncated line, and a ledger that records every pair's request
 as done exactly once.
@@ -21,7 +23,17 @@ from typing import Any
 
 import pytest
 from fake_anthropic import FakeAnthropic
-from harness import cli_env, jsonl_strict, kill_when, line_count, make_workspace, run_cli, start_cli
+from harness import (
+    Hooks,
+    cli_env,
+    jsonl_strict,
+    kill_at,
+    kill_when,
+    line_count,
+    make_workspace,
+    run_cli,
+    start_cli,
+)
 
 from mlx_partner.generate.requests import PROMPT_VERSION
 from mlx_partner.workspace import read_jsonl
@@ -88,9 +100,11 @@ def baseline(server, tmp_path_factory) -> dict[str, Any]:
 
 def kill_point(rng: random.Random, remaining: int) -> tuple[str, Any, float]:
     """(what to wait for, its parameter, extra delay): a seeded point in what is left of the run."""
-    mode = rng.choice(["startup", "ledger", "ledger", "pairs", "pairs"]) if remaining > 1 else "startup"
-    if mode == "startup":
-        return "startup", None, rng.uniform(0.05, 1.5)
+    if remaining < 1:  # every request done; what is left (records, probes) runs to the end
+        return "end", None, 0.0
+    mode = rng.choice(["request", "ledger", "ledger", "pairs", "pairs"]) if remaining > 1 else "request"
+    if mode == "request":  # held as the Nth request is about to go (the others may be in flight)
+        return "request", rng.randrange(1, remaining + 1), 0.0
     if mode == "ledger":  # just after the Nth request is recorded, or a little later
         return "ledger", rng.randrange(1, remaining), rng.uniform(0.0, LATENCY / 2)
     # The moment the pairs file grows: often before that request's ledger line is written.
@@ -102,19 +116,24 @@ def ok_count(ws: Path) -> int:
     return sum(1 for r in records if r.get("status") == "ok")
 
 
-def kill_once(ws: Path, env: dict[str, str], rng: random.Random, requests: int) -> tuple[str, str]:
+def kill_once(ws: Path, env: dict[str, str], rng: random.Random, requests: int, hooks: Hooks) -> tuple[str, str]:
     mode, n, delay = kill_point(rng, requests - ok_count(ws))
     ledger, pairs_dir = ws / "data" / "ledger.jsonl", ws / "data" / "pairs"
+    if mode == "request":
+        hooks.hold("generate-request", n)
+        proc = start_cli(ARGS, ws, {**env, **hooks.env})
+        kill_at(proc, hooks, "generate-request", n)
+        return f"request:{n}", "killed"
     proc = start_cli(ARGS, ws, env)
-    if mode == "startup":
-        ready = lambda: True  # noqa: E731
+    if mode == "end":
+        ready = lambda: False  # noqa: E731
     elif mode == "ledger":
         start = ok_count(ws)
         ready = lambda: line_count(ledger) > 0 and ok_count(ws) >= start + n  # noqa: E731
     else:
         start = sum(line_count(p) for p in pairs_dir.glob("*.jsonl")) if pairs_dir.is_dir() else 0
         ready = lambda: pairs_dir.is_dir() and sum(line_count(p) for p in pairs_dir.glob("*.jsonl")) >= start + n  # noqa: E731
-    what = kill_when(proc, ready, delay)
+    what = kill_when(proc, ready, delay, timeout=300)
     if what == "finished":  # the point lay beyond the end: the run must have succeeded
         assert proc.result().returncode == 0, str(proc.result())
     return f"{mode}:{n}+{delay:.2f}s", what
@@ -155,7 +174,7 @@ def test_killed_generate_resumes_to_the_same_pairs(seed, server, baseline, tmp_p
     landed = 0
     while landed < KILLS_PER_CHAIN:
         assert len(points) < 3 * KILLS_PER_CHAIN, f"kills should land inside the runs: {points}"
-        points.append(kill_once(ws, env, rng, requests))
+        points.append(kill_once(ws, env, rng, requests, Hooks(tmp_path / f"hooks-{len(points)}")))
         if points[-1][1] == "killed":
             landed += 1
             check_partial(ws)
@@ -220,7 +239,8 @@ def test_torn_last_line_is_repaired(server, baseline, tmp_path):
     assert pair_set(snap) == pair_set(baseline)
 
 
-BATCH_ARGS = ["generate", "--batch-api", "--pairs", "16", "--pairs-per-round", "4"]  # 2 waves of 2 requests
+# 2 batches of 8 pairs: 7 answers in rounds of 4 and 3, then 1 boundary pair: 3 waves of 2 requests
+BATCH_ARGS = ["generate", "--batch-api", "--pairs", "16", "--pairs-per-round", "4"]
 
 
 def batch_creations(server: FakeAnthropic) -> int:
@@ -229,23 +249,34 @@ def batch_creations(server: FakeAnthropic) -> int:
 
 def test_killed_batch_api_run_collects_its_message_batch(tmp_path):
     """--batch-api: a run killed while a message batch is processing leaves it in the ledger; the
-    next run collects that batch instead of sending (and paying for) it again."""
+    next run collects that batch instead of sending (and paying for) it again. The server ends a
+    batch only after it has been polled `batch_polls` times, and the children are held as they are
+    about to poll (the product's test hook), so each kill lands while its batch is processing."""
     srv = FakeAnthropic(seed=7, batch_polls=3, invented=0.15).start()
     try:
         env = cli_env(srv.url, MLX_PARTNER_GENERATE_POLL_INTERVAL="0.3")
         clean = make_workspace(tmp_path / "clean")
         assert run_cli(BATCH_ARGS, clean, env).returncode == 0
         waves = batch_creations(srv)
-        assert waves == 2
+        assert waves == 3
         srv.reset_log()
 
         ws = make_workspace(tmp_path / "ws")
         ledger = ws / "data" / "ledger.jsonl"
         events = lambda kind: sum(1 for r in read_jsonl(ledger)[0] if r.get("event") == kind)  # noqa: E731
-        proc = start_cli(BATCH_ARGS, ws, env)  # killed while the first batch is processing
-        assert kill_when(proc, lambda: line_count(ledger) and events("message_batch") == 1, delay=0.2) == "killed"
-        proc = start_cli(BATCH_ARGS, ws, env)  # collects it, then killed while the second is processing
-        assert kill_when(proc, lambda: line_count(ledger) and events("message_batch") == 2, delay=0.2) == "killed"
+        hooks = Hooks(tmp_path / "hooks-1")
+        hooks.hold("generate-batch-waiting", 1)  # the first batch sent and recorded, not yet polled
+        proc = start_cli(BATCH_ARGS, ws, {**env, **hooks.env})
+        kill_at(proc, hooks, "generate-batch-waiting")
+        assert events("message_batch") == 1 and events("message_batch_done") == 0
+
+        hooks = Hooks(tmp_path / "hooks-2")  # collects the first batch, then is held polling the second
+        proc = start_cli(BATCH_ARGS, ws, {**env, **hooks.env})
+        assert kill_when(proc, lambda: line_count(ledger) and events("message_batch") == 2, timeout=120, kill=False) == "running"
+        polled = hooks.count("generate-batch-waiting")
+        hooks.hold("generate-batch-waiting")  # its next poll of the second batch (which cannot end unpolled)
+        kill_at(proc, hooks, "generate-batch-waiting", polled + 1)
+        assert events("message_batch_done") == 1, "killed while the second batch was processing"
         assert "Collecting message batch" in proc.result().stderr, str(proc.result())
         result = run_cli(BATCH_ARGS, ws, env)
         assert result.returncode == 0 and "Collecting message batch" in result.stderr, str(result)
@@ -266,7 +297,7 @@ def test_batch_api_run_killed_while_collecting_resends_nothing(tmp_path):
         env = cli_env(srv.url, MLX_PARTNER_GENERATE_POLL_INTERVAL="0.3")
         ws = make_workspace(tmp_path / "ws")
         assert run_cli(BATCH_ARGS, ws, env).returncode == 0
-        assert batch_creations(srv) == 2
+        assert batch_creations(srv) == 3
         ledger = ws / "data" / "ledger.jsonl"
         lines = ledger.read_text(encoding="utf-8").splitlines(keepends=True)
         first_ok = next(i for i, line in enumerate(lines) if json.loads(line).get("status") == "ok")
@@ -275,35 +306,36 @@ def test_batch_api_run_killed_while_collecting_resends_nothing(tmp_path):
         result = run_cli(BATCH_ARGS, ws, env)
         assert result.returncode == 0, str(result)
         check_consistent(snapshot(ws))
-        assert batch_creations(srv) == 3, "the first batch's other result is collected; only wave 2 is sent again"
+        assert batch_creations(srv) == 5, "the first batch's other result is collected; only waves 2 and 3 are sent again"
     finally:
         srv.stop()
 
 
 def test_ctrl_c_stops_promptly_and_the_next_run_finishes(server, baseline, tmp_path):
-    """SIGINT (Ctrl-C) with requests in flight: out within seconds, exit 130, lock released."""
+    """SIGINT (Ctrl-C) with requests in flight: out at once, exit 130, lock released.
+
+    "At once" without a stopwatch: the server holds every reply for far longer than the test
+    waits, so the run can only end as it does by not waiting for the requests it has in flight;
+    the signal goes once both workers have a request on its way (the product's test hook)."""
     import signal
-    import time
 
     ws = make_workspace(tmp_path / "ws")
     env = cli_env(server.url)
-    server.configure(latency=5.0)
+    hooks = Hooks(tmp_path / "hooks")
+    answered = lambda: sum(1 for r in server.requests if r["path"] == "/v1/messages")  # noqa: E731  (logged as answered)
+    server.configure(latency=600.0)
     try:
-        proc = start_cli(ARGS, ws, env)
+        before = answered()
+        proc = start_cli(ARGS, ws, {**env, **hooks.env})
+        hooks.wait("generate-request", proc, arrivals=2, timeout=120)  # --concurrency 2: both in flight
         lock = ws / ".mlx-partner.lock"
-        deadline = time.monotonic() + 60
-        while not lock.exists():
-            assert proc.alive() and time.monotonic() < deadline, str(proc.result())
-            time.sleep(0.02)
-        time.sleep(2.5)  # the first requests are in flight now
-        sent = time.monotonic()
+        assert lock.exists()
         os.kill(proc.pid, signal.SIGINT)
-        result = proc.wait(timeout=60)
-        waited = time.monotonic() - sent
+        result = proc.wait(timeout=120)
+        assert answered() == before, "it ended without waiting for any reply"
     finally:
         server.configure(latency=LATENCY)
     assert result.returncode == 130 and "Stopped." in result.stderr and "Traceback" not in result.output, str(result)
-    assert waited < 4.0, f"Ctrl-C took {waited:.1f}s to stop"
     assert not lock.exists()
     check_partial(ws)
     final = run_cli(ARGS, ws, env)

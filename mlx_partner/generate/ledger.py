@@ -8,7 +8,8 @@ changed, message batches a killed run left behind, and the rounds each batch sti
 A request's key (batch id @ batch hash # round / prompt version) is what makes a run resumable:
 a key with an ok ledger record is never sent again. This module owns data/ledger.jsonl: one line
 per request (tokens, cost, status, source hashes) or event (`reset`, `message_batch`,
-`message_batch_done`). Lines written before the ledger carried a version read as version 1.
+`message_batch_done`, and `probes`: the probe request, which has no key because data/probes.jsonl
+itself says whether it is done). Lines written before the ledger carried a version read as version 1.
 All pure but `pair_files` and `load_active_pairs`, which only read, and `append_ledger`.
 """
 
@@ -20,9 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GenerateSettings
+from ..grounding import BOUNDARY
 from ..sources.documents import Batch
 from ..workspace import BadLine, Workspace, append_jsonl, read_jsonl
-from .requests import Round, allocate, batch_words, default_total, normalise_mix, plan_rounds
+from .requests import (
+    PROMPT_VERSION,
+    Round,
+    allocate,
+    batch_words,
+    boundary_count,
+    default_total,
+    normalise_mix,
+    plan_rounds,
+)
 
 # The format of a ledger line. Readers accept lines without a "version" (written before it had
 # one) as version 1; a later format bumps this and reads the older lines as they are.
@@ -68,13 +79,19 @@ def unfinished_message_batches(ledger: Iterable[Mapping[str, Any]]) -> list[dict
     return [dict(r) for r in records if r.get("event") == "message_batch" and r.get("id") not in done]
 
 
+def from_planned_rounds(pair: Mapping[str, Any], batch: Batch) -> bool:
+    """Whether a pair on disk came from one of the rounds planned now (this batch version, this
+    prompt version); the others are kept pairs, which the planned rounds only top up."""
+    return pair.get("batch_sha") == batch.sha256 and pair.get("prompt_version") == PROMPT_VERSION
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """One batch: how many pairs it should have, and the rounds still to send."""
 
     batch: Batch
     target: int
-    kept: int  # active pairs from an earlier version of this batch, still grounded
+    kept: int  # active pairs from an earlier version of this batch or prompt, still grounded
     rounds: tuple[Round, ...]
     todo: tuple[Round, ...]
 
@@ -85,22 +102,31 @@ def plan_generation(
     done: Mapping[str, Any],
     settings: GenerateSettings,
 ) -> list[BatchPlan]:
-    """Each batch's share of the pairs, its rounds, and those not yet done (in `done`)."""
+    """Each batch's share of the pairs, its rounds, and those not yet done (in `done`).
+
+    Kept pairs count against their own part of the target: kept answers against the answer
+    kinds, kept boundary pairs against the boundary pairs. So a batch generated before boundary
+    pairs existed (an older prompt version) is asked for its boundary round alone.
+    """
     mix = normalise_mix(settings.mix)
     total = settings.pairs_total if settings.pairs_total > 0 else default_total(batches)
     targets = allocate(total, [batch_words(b) for b in batches])
     plans = []
     for batch, target in zip(batches, targets, strict=True):
-        kept = sum(1 for p in active.get(batch.id, ()) if p.get("batch_sha") != batch.sha256)
-        rounds = plan_rounds(batch, max(0, target - kept), settings.pairs_per_round, mix)
+        kept = [p for p in active.get(batch.id, ()) if not from_planned_rounds(p, batch)]
+        kept_boundary = sum(1 for p in kept if p.get("type") == BOUNDARY)
+        boundary = boundary_count(target, mix)
+        n_boundary = max(0, boundary - kept_boundary)
+        n_answers = max(0, target - boundary - (len(kept) - kept_boundary))
+        rounds = plan_rounds(batch, n_answers + n_boundary, settings.pairs_per_round, mix, boundary=n_boundary)
         todo = tuple(r for r in rounds if r.key not in done)
-        plans.append(BatchPlan(batch, target, kept, tuple(rounds), todo))
+        plans.append(BatchPlan(batch, target, len(kept), tuple(rounds), todo))
     return plans
 
 
 def asked_before(plan: BatchPlan, rnd: Round, active: Sequence[Mapping[str, Any]], done: Mapping[str, Any]) -> list[str]:
     """Questions to list in `rnd`: kept pairs of earlier versions, then each finished round's."""
-    asked = [p["question"] for p in active if p.get("batch_sha") != plan.batch.sha256]
+    asked = [p["question"] for p in active if not from_planned_rounds(p, plan.batch)]
     for earlier in plan.rounds[: rnd.index]:
         asked += list((done.get(earlier.key) or {}).get("questions", []))
     return asked

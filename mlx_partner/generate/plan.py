@@ -4,7 +4,8 @@
     print(prep.estimate.cost)
 
 `prepare` is the read-only half of `generate`; `--dry-run` stops after it. The estimate is
-counted on the very requests that would go out.
+counted on the very requests that would go out: the rounds (boundary rounds among them) and the
+probe request when data/probes.jsonl is to be written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..sources.documents import Batch, Document, Skipped, load_documents
 from ..sources.profile import load_profile
 from ..sources.records import recorded_source_hashes
 from ..workspace import Workspace, read_jsonl
+from .boundary import answerable_questions
 from .ledger import (
     BatchPlan,
     asked_before,
@@ -30,6 +32,7 @@ from .ledger import (
     plan_generation,
     stale_pairs,
 )
+from .probes import TOKENS_PER_PROBE, build_probe_request, candidates_for, read_probes
 from .requests import (
     MIN_CACHEABLE_TOKENS,
     OUTPUT_TOKENS_PER_PAIR,
@@ -70,8 +73,10 @@ def estimate(
     settings: GenerateSettings,
     *,
     batch_api: bool = False,
+    probes: int = 0,
 ) -> Estimate:
-    """Tokens and cost of the rounds still to send, counted on the very requests that will go out.
+    """Tokens and cost of the rounds still to send, counted on the very requests that will go out,
+    and of the probe request when `probes` are to be written (always at the Messages API's price).
 
     Questions of rounds not yet answered are unknown; each is counted as a typical question.
     """
@@ -99,13 +104,25 @@ def estimate(
                 cached = True
             totals.update(usage)
             totals["requests"] += 1
+    cost = price.cost(totals, batch_api)
+    if probes:
+        pairs = [p for batch in active.values() for p in batch]
+        pending = sum(r.n_pairs for plan in plans for r in plan.todo)
+        params = build_probe_request(
+            docs, profile, answerable_questions(pairs) + [placeholder] * pending, [], candidates_for(probes),
+            model=settings.model, max_tokens=settings.max_tokens, mode=mode,
+        )
+        usage = {"input_tokens": sum(request_tokens(params)), "output_tokens": TOKENS_PER_PROBE * candidates_for(probes)}
+        totals.update(usage)
+        totals["requests"] += 1
+        cost += price.cost(usage)
     return Estimate(
         requests=totals["requests"],
         input_tokens=totals["input_tokens"],
         cache_creation_input_tokens=totals["cache_creation_input_tokens"],
         cache_read_input_tokens=totals["cache_read_input_tokens"],
         output_tokens=totals["output_tokens"],
-        cost=price.cost(totals, batch_api),
+        cost=cost,
         price=price,
     )
 
@@ -128,6 +145,9 @@ class Prepared:
     estimate: Estimate
     previous_hashes: dict[str, str]
     skipped: tuple[Skipped, ...] = ()  # files in sources/ left out, each with its reason
+    probes_todo: int = 0  # probe questions the probe request is to write (0: none to send)
+    probes_kept: int = 0  # probes already in data/probes.jsonl
+    answered: int = 0  # answer-kind questions on disk: what the absence check is calibrated on
 
     def skipped_lines(self, sources_dir: Path) -> list[str]:
         """One "Skipped <path>: <reason>" line per file left out, for stderr (as `dataset` names bad lines)."""
@@ -144,6 +164,7 @@ def check_settings(settings: GenerateSettings) -> None:
         (settings.validation_retries < 0, "generate.validation_retries must be 0 or more"),
         (settings.max_retries < 0, "generate.max_retries must be 0 or more"),
         (settings.max_tokens < 256, "generate.max_tokens must be at least 256"),
+        (not 0 <= settings.probes <= 100, "generate.probes must be from 0 to 100"),
         # The SDK refuses non-streaming requests that could run past 10 minutes (~21,333 tokens).
         (settings.max_tokens > 21000, "generate.max_tokens must be at most 21000 (one round is a few thousand)"),
         (settings.timeout <= 0 or settings.poll_interval <= 0, "generate.timeout and generate.poll_interval must be positive"),
@@ -184,6 +205,8 @@ def prepare(
     active = {b: pairs for b, pairs in active.items() if pairs}
     plans = tuple(plan_generation(batches, active, done, settings))
     previous = recorded_source_hashes(ws)
+    kept_probes = [] if force else read_probes(ws)
+    probes = settings.probes if settings.probes and not kept_probes else 0
     return Prepared(
         docs=docs,
         profile=profile,
@@ -193,7 +216,10 @@ def prepare(
         active=active,
         stale=tuple(stale),
         done=done,
-        estimate=estimate(plans, docs, profile, active, done, settings, batch_api=batch_api),
+        estimate=estimate(plans, docs, profile, active, done, settings, batch_api=batch_api, probes=probes),
         previous_hashes=previous,
         skipped=tuple(skipped),
+        probes_todo=probes,
+        probes_kept=len(kept_probes),
+        answered=len(answerable_questions(p for pairs in active.values() for p in pairs)),
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import GenerateSettings
-from ..grounding import KINDS
+from ..grounding import BOUNDARY, KINDS
 from .plan import Prepared
 from .requests import Price, batch_words
 
@@ -33,15 +33,17 @@ def format_plan(prep: Prepared, settings: GenerateSettings, batch_api: bool = Fa
     """The dry-run report: batches, requests, tokens and cost. Nothing is sent."""
     est = prep.estimate
     lines = [f"Plan for {settings.model}{' via the Message Batches API (half price)' if batch_api else ''}:"]
-    lines.append(f"  {'batch':<28} {'docs':>4} {'words':>6} {'pairs':>5} {'kept':>4} {'rounds':>6} {'to send':>7}")
+    lines.append(f"  {'batch':<28} {'docs':>4} {'words':>6} {'pairs':>5} {'kept':>4} {'rounds':>6} {'boundary':>8} {'to send':>7}")
     for p in prep.plans:
+        boundary = [r for r in p.rounds if r.boundary]
         lines.append(
             f"  {p.batch.id:<28} {len(p.batch.doc_ids):>4} {batch_words(p.batch):>6} {p.target:>5} "
-            f"{p.kept:>4} {len(p.rounds):>6} {len(p.todo):>7}"
+            f"{p.kept:>4} {len(p.rounds):>6} {sum(r.n_pairs for r in boundary):>8} {len(p.todo):>7}"
         )
-    total_rounds = sum(len(p.rounds) for p in prep.plans)
+    total_rounds = sum(len(p.rounds) for p in prep.plans) + (1 if prep.probes_todo else 0)
     lines.append(f"  {len(prep.plans)} batches, {sum(p.target for p in prep.plans)} pairs, "
                  f"{est.requests} of {total_rounds} requests to send ({total_rounds - est.requests} already done).")
+    lines += boundary_plan_lines(prep, settings)
     if prep.stale:
         lines.append(f"  {len(prep.stale)} pairs would be retired (their sources changed, were removed, or --force).")
     lines.append(
@@ -52,6 +54,28 @@ def format_plan(prep: Prepared, settings: GenerateSettings, batch_api: bool = Fa
     note = "" if est.price.known else f" ({settings.model} is not a Claude model name: priced as Sonnet)"
     lines.append(f"Estimated cost: ${est.cost:.2f}{note}.")
     return "\n".join(lines)
+
+
+def boundary_plan_lines(prep: Prepared, settings: GenerateSettings) -> list[str]:
+    """The dry run's lines on boundary rounds and the probe request."""
+    rounds = [r for p in prep.plans for r in p.rounds if r.boundary]
+    todo = [r for p in prep.plans for r in p.todo if r.boundary]
+    lines = []
+    if rounds:
+        pairs = sum(r.n_pairs for r in rounds)
+        share = pairs / max(1, sum(r.n_pairs for p in prep.plans for r in p.rounds))
+        lines.append(f"  Boundary rounds: {len(rounds)} ({len(todo)} to send), {pairs} boundary pairs ({share:.0%} of the "
+                     "pairs planned), each after its batch's other rounds; checked absent from every document, "
+                     f"against a threshold calibrated then on the answered questions ({prep.answered} on disk now).")
+    elif settings.mix.get(BOUNDARY, 0) <= 0:
+        lines.append("  Boundary rounds: none (the mix gives boundary pairs no share).")
+    if prep.probes_todo:
+        lines.append(f"  Probe request: 1, after the batches: {prep.probes_todo} near-domain probe questions for `eval` "
+                     "-> data/probes.jsonl, checked absent like boundary pairs, never trained on "
+                     "(sent through the Messages API, full price).")
+    elif prep.probes_kept:
+        lines.append(f"  Probe request: none; data/probes.jsonl holds {prep.probes_kept} probes, kept (--force writes new ones).")
+    return lines
 
 
 @dataclass
@@ -68,10 +92,49 @@ class GenerateResult:
     requests: int = 0  # sent, including re-asks
     already_done: int = 0
     failed: dict[str, str] = field(default_factory=dict)
+    boundary_failed: dict[str, str] = field(default_factory=dict)  # batch -> why its boundary round failed
+    threshold: str = ""  # the absence check's threshold, described, when one was used
+    boundary_checked: int = 0  # boundary candidates that reached the absence check
+    boundary_absent: int = 0  # ... and passed it
+    probes_written: int = 0
+    probes_tried: int = 0
+    probes_rejected: Counter = field(default_factory=Counter)
+    probes_failed: str = ""
+    probes_waiting: bool = False  # not sent: some batch failed this run
     retired: int = 0
     active_total: int = 0
     notes: list[str] = field(default_factory=list)
     price: Price | None = None
+
+
+    @property
+    def complete(self) -> bool:
+        """Everything asked for is done: no batch, boundary round or probe request failed."""
+        return not (self.failed or self.boundary_failed or self.probes_failed)
+
+
+def boundary_summary_lines(res: GenerateResult) -> list[str]:
+    """The summary's lines on boundary pairs, the absence check and the probes."""
+    lines = []
+    boundary = res.per_kind[BOUNDARY]
+    if res.threshold:
+        share = f" ({boundary / res.accepted:.0%} of the pairs accepted)" if res.accepted else ""
+        lines.append(f"Boundary pairs: {boundary} accepted this run{share}; {res.threshold}.")
+    if res.boundary_checked and not res.boundary_absent:
+        lines.append(f"No boundary question passed the absence check: all {res.boundary_checked} candidates tried score like "
+                     f"questions her writing answers; this corpus may be too broad for boundary pairs (lower their "
+                     f"share with --mix, boundary=0 turns them off).")
+    if res.probes_written:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(res.probes_rejected.items()))
+        lines.append(f"Probes: wrote {res.probes_written} near-domain probe questions to data/probes.jsonl "
+                     f"({res.probes_tried} tried{'; rejected: ' + why if why else ''}); never trained on.")
+    if res.probes_failed:
+        lines.append(f"Probe request FAILED: {res.probes_failed}; it is asked again on the next run.")
+    if res.probes_waiting:
+        lines.append("Probes wait until every batch is through (their check is calibrated on all her answered questions).")
+    if res.boundary_failed:
+        lines.append(f"Boundary rounds failed, asked again on the next run: {', '.join(sorted(res.boundary_failed))}.")
+    return lines
 
 
 def format_summary(res: GenerateResult) -> str:
@@ -86,6 +149,8 @@ def format_summary(res: GenerateResult) -> str:
         lines.append(f"  {'batch':<28} {'requests':>8} {'accepted':>8} {'rejected':>8}  status")
         for batch_id, c in res.per_batch.items():
             status = f"FAILED: {res.failed[batch_id]}" if batch_id in res.failed else "ok"
+            if batch_id in res.boundary_failed:
+                status = f"boundary round FAILED: {res.boundary_failed[batch_id]}"
             lines.append(f"  {batch_id:<28} {c['requests']:>8} {c['accepted']:>8} {c['rejected']:>8}  {status}")
     u = res.usage
     lines.append(
@@ -99,6 +164,7 @@ def format_summary(res: GenerateResult) -> str:
     if res.retired:
         lines.append(f"Retired {res.retired} pairs whose sources changed (see data/retired.jsonl).")
     lines += res.notes
+    lines += boundary_summary_lines(res)
     if res.failed:
         lines.append(f"Failed batches, retried on the next run: {', '.join(sorted(res.failed))}.")
     return "\n".join(lines)

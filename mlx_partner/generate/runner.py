@@ -9,6 +9,8 @@ What lands on disk (all under data/):
   ledger.jsonl         one record per request: tokens, cost, status, source hashes (never a key)
   retired.jsonl        pairs taken out because a document they cite changed or was removed
   sources.json         {doc_id: sha256} of the documents as last generated
+  boundary.json        the absence check's threshold and its calibration (boundary pairs, probes)
+  probes.jsonl         near-domain probe questions for `eval`, written once (never trained on)
 
 A finished request (batch id + batch hash + round + prompt version, status ok in the ledger) is
 never sent again, so a killed run loses at most its in-flight requests. `anthropic` is imported
@@ -28,7 +30,7 @@ from .api import check_credentials
 from .ledger import append_ledger, load_active_pairs, pair_files
 from .plan import Prepared, prepare
 from .report import Echo, GenerateResult
-from .send import send_concurrent, send_message_batches
+from .send import send_probes, send_rounds
 from .session import Session
 
 
@@ -85,13 +87,14 @@ def run_generate(
         if session.progress.total:
             session.progress.show(force=True)
             try:
-                if batch_api:
-                    send_message_batches(session, client)
-                else:
-                    send_concurrent(session, client)
+                send_rounds(session, client, batch_api)
+                session.dedupe_across_batches()  # before the probes, which must not repeat a pair
+                if session.probes_due():
+                    send_probes(session, client)
             finally:
                 session.progress.close()
-        session.dedupe_across_batches()
+        else:
+            session.dedupe_across_batches()
         _record_source_hashes(ws, prep, session.result)
         session.result.active_total = sum(len(v) for v in load_active_pairs(ws).values())
         return session.result
@@ -103,6 +106,7 @@ def _record_source_hashes(ws: Workspace, prep: Prepared, result: GenerateResult)
     Documents count as generated once every batch holding them is through; the others keep
     their earlier record, so `sources` still shows them as new or changed.
     """
+    # A batch whose boundary round alone failed counts as generated: its answers are all in.
     failed_docs = {d for p in prep.plans if p.batch.id in result.failed for d in p.batch.doc_ids}
     record = {d: h for d, h in prep.previous_hashes.items() if d in failed_docs}
     record.update({d: h for d, h in prep.hashes.items() if d not in failed_docs})

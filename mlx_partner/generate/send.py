@@ -1,10 +1,12 @@
 """The two ways a generate run sends its requests: a pool of worker threads calling the Messages
 API, or the Message Batches API (half price), one message batch per wave of rounds.
 
-    send_concurrent(session, client)        # up to settings.concurrency requests in flight
-    send_message_batches(session, client)   # create, poll, collect; a killed run's batch is collected
+    send_rounds(session, client, batch_api)   # answer rounds, then boundary rounds, either way:
+    send_concurrent(session, client, plans)        # up to settings.concurrency requests in flight
+    send_message_batches(session, client, plans)   # create, poll, collect; a killed run's batch is collected
+    send_probes(session, client)              # the one probe request, through the Messages API
 
-Both hand every outcome to `Session.handle` in this (the calling) thread. `anthropic` is
+All hand every outcome to `Session` in this (the calling) thread. `anthropic` is
 imported inside the functions that need it, so `--help` stays instant.
 """
 
@@ -21,8 +23,32 @@ from ..errors import GenerationError
 from ..testhooks import reached
 from ..textfmt import utc_now
 from .api import describe_api_error, redact
-from .ledger import append_ledger
+from .ledger import BatchPlan, append_ledger
 from .session import Job, Outcome, Session
+
+
+def send_rounds(session: Session, client: Any, batch_api: bool) -> None:
+    """Every round still to do: the answer rounds of all batches, then their boundary rounds."""
+    send = send_message_batches if batch_api else send_concurrent
+    for boundary in (False, True):
+        plans = session.phase(boundary)
+        if plans:
+            send(session, client, plans)
+
+
+def send_probes(session: Session, client: Any) -> None:
+    """The probe request, asked again (up to validation_retries times) while its reply is unusable.
+    One request: it goes through the Messages API even under --batch-api."""
+    note = ""
+    for attempt in range(session.settings.validation_retries + 1):
+        session.progress.status = "probe request"
+        session.progress.show()
+        outcome = call(client, session.probe_params(attempt, note))
+        follow = session.handle_probes(outcome, attempt)
+        session.progress.status = ""
+        if follow is None:
+            return
+        note = follow
 
 
 def call(client: Any, params: dict[str, Any]) -> Outcome:
@@ -37,14 +63,14 @@ def call(client: Any, params: dict[str, Any]) -> Outcome:
     return "reply", message.model_dump(mode="json"), getattr(message, "_request_id", None)
 
 
-def send_concurrent(session: Session, client: Any) -> None:
+def send_concurrent(session: Session, client: Any, plans: list[BatchPlan]) -> None:
     """Up to `concurrency` requests in flight, each batch's rounds one after another.
 
     Workers only make the network call; replies are checked and written here, in this
     thread, in the order they arrive. The workers are daemon threads, so Ctrl-C or a fatal
     error ends the run at once: requests still in flight are lost, nothing is half-written.
     """
-    pending = deque(Job(p) for p in session.prep.plans if p.todo)
+    pending = deque(Job(p) for p in plans if p.todo)
     width = max(1, session.settings.concurrency)
     tasks: queue.Queue[tuple[Job, dict[str, Any]] | None] = queue.Queue()
     results: queue.Queue[tuple[Job, Outcome]] = queue.Queue()
@@ -107,11 +133,11 @@ def resumable(session: Session, jobs: list[Job]) -> tuple[str, dict[str, Job]] |
     return None
 
 
-def send_message_batches(session: Session, client: Any) -> None:
+def send_message_batches(session: Session, client: Any, plans: list[BatchPlan]) -> None:
     """Send each wave of rounds (round r of every batch) as one message batch, poll, collect."""
     import anthropic
 
-    jobs = [Job(p) for p in session.prep.plans if p.todo]
+    jobs = [Job(p) for p in plans if p.todo]
     while jobs:
         resumed = resumable(session, jobs)
         if resumed is not None:

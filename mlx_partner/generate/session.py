@@ -2,14 +2,21 @@
 rejections it writes, and the batch's next request.
 
     session = Session(ws, prep, settings, batch_api=False, stream=None, echo=print)
-    follow = session.handle(job, ("reply", message, request_id))   # the next Job, or None
+    for plans in (session.phase(boundary=False), session.phase(boundary=True)):   # send.py sends each
+        follow = session.handle(job, ("reply", message, request_id))   # the next Job, or None
 
 `send.py` makes the network calls and hands every outcome to `handle`, in one thread, so the
-files are only ever written from here, in the order the replies arrive.
+files are only ever written from here, in the order the replies arrive. A run sends in two
+phases: every batch's answer rounds, then the boundary rounds, checked against a threshold
+calibrated once, between the two, on every answered question (so it does not depend on the order
+replies arrive in). A boundary round none of whose pairs pass is asked again, then fails alone:
+its batch's other pairs stay, and the next run sends that round only. The probe request
+(`probes.py`, `handle_probes`) comes last.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -18,18 +25,28 @@ from typing import Any
 
 from ..config import GenerateSettings
 from ..errors import GenerationError
-from ..grounding import QuestionIndex
+from ..grounding import BOUNDARY, QuestionIndex, Rejection
 from ..textfmt import utc_now
 from ..workspace import Workspace, append_jsonl, atomic_write_jsonl, read_jsonl
 from .api import check_credentials, describe_api_error, error_message, redact, rejects_tools
+from .boundary import AbsenceCheck, absence_check, answerable_questions, write_calibration
 from .ledger import (
     BatchPlan,
     append_ledger,
     asked_before,
+    from_planned_rounds,
     load_active_pairs,
     unfinished_message_batches,
 )
 from .plan import Prepared
+from .probes import (
+    PROBE_TOOL,
+    build_probe_request,
+    candidates_for,
+    read_probes,
+    review_probes,
+    write_probes,
+)
 from .replies import Context, cross_batch_duplicates, parse_reply, review_pairs
 from .report import Echo, GenerateResult, Progress
 from .requests import PROMPT_VERSION, Round, build_request, price_for
@@ -69,7 +86,9 @@ class Session:
         self.credential = check_credentials(os.environ)
         self.base_url = ""
         self.seen: dict[str, QuestionIndex] = {}
-        self.accepted_at: dict[str, set[tuple[str, int, int]]] = {}
+        # (round, position) of each pair on disk from the rounds planned now: a kill can land
+        # between writing a reply's pairs and its ledger line, and the redone request skips them.
+        self.accepted_at: dict[str, set[tuple[int, int]]] = {}
         for plan in prep.plans:
             if plan.todo:
                 self.result.per_batch[plan.batch.id] = Counter()
@@ -78,15 +97,50 @@ class Session:
                 index.add(pair["question"], plan.batch.id)
             self.seen[plan.batch.id] = index
             self.accepted_at[plan.batch.id] = {
-                (p.get("batch_sha", ""), p.get("round", -1), p.get("position", -1)) for p in prep.active.get(plan.batch.id, ())
+                (p.get("round", -1), p.get("position", -1)) for p in prep.active.get(plan.batch.id, ())
+                if from_planned_rounds(p, plan.batch)
             }
         ledger, _ = read_jsonl(ws.ledger_path)
         self.open_batches = unfinished_message_batches(ledger)
         rejected, _ = read_jsonl(ws.rejected_path)
-        self.rejected_at = {(r.get("batch"), r.get("batch_sha"), r.get("round"), r.get("position")) for r in rejected}
-        todo = sum(len(p.todo) for p in prep.plans)
+        self.rejected_at = {self._rejection_key(r) for r in rejected}
+        self.absence: AbsenceCheck | None = None
+        self.held_out = QuestionIndex()  # the probes: a boundary pair must not repeat one
+        for probe in read_probes(ws):
+            self.held_out.add(probe["question"], "probes")
+        todo = sum(len(p.todo) for p in prep.plans) + (1 if prep.probes_todo else 0)
         self.progress = Progress(todo, stream)
         self.result.already_done = sum(len(p.rounds) - len(p.todo) for p in prep.plans)
+
+    @staticmethod
+    def _rejection_key(r: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (r.get("batch"), r.get("batch_sha"), r.get("prompt_version"), r.get("round"), r.get("position"),
+                r.get("attempt", 0))
+
+    # -- the two phases --
+
+    def phase(self, boundary: bool) -> list[BatchPlan]:
+        """The plans of one phase: each batch's answer rounds still to do, or its boundary rounds
+        (for batches whose answer rounds did not fail this run). The boundary phase starts with
+        the calibration of the absence check."""
+        plans = []
+        for plan in self.prep.plans:
+            todo = tuple(r for r in plan.todo if r.boundary == boundary)
+            if todo and not (boundary and plan.batch.id in self.result.failed):
+                plans.append(dataclasses.replace(plan, todo=todo))
+        if boundary and plans:
+            self.calibrate()
+        return plans
+
+    def calibrate(self) -> AbsenceCheck:
+        """The absence check, calibrated (once a run) on every answered question in data/pairs/,
+        this run's included; recorded in data/boundary.json and the summary."""
+        if self.absence is None:
+            pairs = [p for batch in load_active_pairs(self.ws).values() for p in batch]
+            self.absence = absence_check(list(self.prep.docs.values()), answerable_questions(pairs))
+            write_calibration(self.ws, self.absence)
+            self.result.threshold = self.absence.describe()
+        return self.absence
 
     # -- one request --
 
@@ -109,7 +163,7 @@ class Session:
         cost = self.price.cost(usage, self.batch_api)
         rnd, batch = job.round, job.plan.batch
         record = {
-            "key": rnd.key, "batch": batch.id, "batch_sha": batch.sha256, "round": rnd.index,
+            "key": rnd.key, "batch": batch.id, "batch_sha": batch.sha256, "round": rnd.index, "boundary": rnd.boundary,
             "attempt": job.attempt, "model": self.settings.model, "prompt_version": PROMPT_VERSION,
             "mode": job.mode, "batch_api": self.batch_api, **usage, "cost_usd": round(cost, 6),
             "status": status, "request_id": request_id,
@@ -128,9 +182,16 @@ class Session:
         return record
 
     def fail(self, job: Job, reason: str) -> None:
-        """Give up on the job's batch for this run (the next run sends its rounds again)."""
-        self.result.failed[job.plan.batch.id] = redact(reason)
-        self.progress.done += len(job.plan.todo) - job.step
+        """Give up on the job's batch for this run (the next run sends its rounds again). A failed
+        boundary round fails alone; a failed answer round takes the batch's boundary rounds with it."""
+        batch_id = job.plan.batch.id
+        left = len(job.plan.todo) - job.step
+        if job.round.boundary:
+            self.result.boundary_failed[batch_id] = redact(reason)
+        else:
+            self.result.failed[batch_id] = redact(reason)
+            left += sum(1 for p in self.prep.plans if p.batch.id == batch_id for r in p.todo if r.boundary)
+        self.progress.done += left
 
     def _switch_to_json(self, why: str) -> None:
         if self.mode != "json":
@@ -163,11 +224,18 @@ class Session:
                 return job
             job.attempt -= 1
             self.log_request(job, "failed", usage=usage, request_id=request_id, error=f"{exc} (after {job.attempt + 1} tries)")
-            self.fail(job, f"no usable reply after {job.attempt + 1} tries ({exc})")
+            if job.round.boundary and "empty pairs list" in str(exc):
+                self.fail(job, f"the generator wrote no boundary pairs (an empty list), after {job.attempt + 1} tries")
+            else:
+                self.fail(job, f"no usable reply after {job.attempt + 1} tries ({exc})")
             return None
         if how == "text-fallback" and auto:
             self._switch_to_json("the endpoint answered in text instead of calling the tool")
-        self._record_pairs(job, raws, usage, request_id)
+        verdict = self._record_pairs(job, raws, usage, request_id)
+        if verdict == "retry":
+            return job
+        if verdict == "failed":
+            return None
         self.progress.done += 1
         if job.step + 1 < len(job.plan.todo):
             return Job(job.plan, job.step + 1)
@@ -188,32 +256,44 @@ class Session:
         self.fail(job, message)
         return None
 
-    def _record_pairs(self, job: Job, raws: Sequence[Any], usage: Mapping[str, Any], request_id: str | None) -> None:
+    def _record_pairs(self, job: Job, raws: Sequence[Any], usage: Mapping[str, Any], request_id: str | None) -> str:
+        """Write a reply's pairs, rejections and ledger line: "ok", or for a boundary round none
+        of whose pairs passed, "retry" (asked again) or "failed" (after the validation retries)."""
         batch, rnd = job.plan.batch, job.round
         already = self.accepted_at[batch.id]
-        skip = {pos for pos in range(len(raws)) if (batch.sha256, rnd.index, pos) in already}
-        reviewed = review_pairs(raws, batch, rnd, self.ctx, self.seen[batch.id], skip)
+        skip = {pos for pos in range(len(raws)) if (rnd.index, pos) in already}
+        reviewed = review_pairs(raws, batch, rnd, self.ctx, self.seen[batch.id], skip,
+                                absence=self.absence if rnd.boundary else None, held_out=self.held_out)
         accepted = [r for r, why in reviewed if why is None]
         new_pairs = [r for r in accepted if r["position"] not in skip]
         rejected = [
-            {**r, "reason": why.code, "detail": why.detail}
+            {**r, "reason": why.code, "detail": why.detail, "attempt": job.attempt}
             for r, why in reviewed
-            if why is not None and (batch.id, batch.sha256, rnd.index, r["position"]) not in self.rejected_at
+            if why is not None and self._rejection_key({**r, "attempt": job.attempt}) not in self.rejected_at
         ]
         # Pairs first, then the ledger: a kill in between redoes the request, and the positions
         # already written are recognised and skipped rather than written twice.
         append_jsonl(self.ws.pairs_dir / f"{batch.id}.jsonl", new_pairs)
         append_jsonl(self.ws.rejected_path, rejected)
         for r in new_pairs:
-            already.add((batch.sha256, rnd.index, r["position"]))
+            already.add((rnd.index, r["position"]))
         for r in rejected:
-            self.rejected_at.add((batch.id, batch.sha256, rnd.index, r["position"]))
+            self.rejected_at.add(self._rejection_key(r))
+        self._count(batch.id, new_pairs, rejected)
+        if rnd.boundary:
+            self.result.boundary_checked += sum(1 for r, _ in reviewed if "coverage" in r)
+            self.result.boundary_absent += sum(1 for r, why in reviewed if "coverage" in r and (why is None or why.code != "answerable"))
+            if not accepted:
+                return self._boundary_refused(job, [why for _, why in reviewed if why is not None], usage, request_id)
         record = self.log_request(
             job, "ok", usage=usage, request_id=request_id,
             questions=[r["question"] for r in accepted], accepted=len(accepted), rejected=len(reviewed) - len(accepted),
         )
         self.done[rnd.key] = record
-        stats = self.result.per_batch.setdefault(batch.id, Counter())
+        return "ok"
+
+    def _count(self, batch_id: str, new_pairs: Sequence[Mapping[str, Any]], rejected: Sequence[Mapping[str, Any]]) -> None:
+        stats = self.result.per_batch.setdefault(batch_id, Counter())
         stats["accepted"] += len(new_pairs)
         stats["rejected"] += len(rejected)
         self.result.accepted += len(new_pairs)
@@ -221,6 +301,112 @@ class Session:
         self.result.rejected.update(r["reason"] for r in rejected)
         self.progress.accepted += len(new_pairs)
         self.progress.rejected += len(rejected)
+
+    def _boundary_refused(self, job: Job, whys: Sequence[Rejection], usage: Mapping[str, Any], request_id: str | None) -> str:
+        """A boundary round whose reply held no pair that passed: ask again, or fail the round."""
+        counts = Counter(why.code for why in whys)
+        reason = "no boundary pair passed the checks (" + ", ".join(f"{n} {code}" for code, n in sorted(counts.items())) + ")"
+        job.attempt += 1
+        if job.attempt <= self.settings.validation_retries:
+            self.log_request(job, "invalid", usage=usage, request_id=request_id, error=reason, rejected=len(whys))
+            job.retry_note = (f"{reason}; write questions these documents do not answer, each answered by "
+                              "declining in the first sentence")
+            return "retry"
+        job.attempt -= 1
+        self.log_request(job, "failed", usage=usage, request_id=request_id, error=f"{reason} (after {job.attempt + 1} tries)",
+                         rejected=len(whys))
+        self.fail(job, f"{reason}, after {job.attempt + 1} tries")
+        return "failed"
+
+    # -- the probe request --
+
+    def probes_due(self) -> bool:
+        """Whether to send the probe request now: wanted, and every batch through (else it waits)."""
+        if not self.prep.probes_todo:
+            return False
+        if self.result.failed:
+            self.result.probes_waiting = True
+            self.progress.done += 1
+            return False
+        return True
+
+    def probe_params(self, attempt: int = 0, retry_note: str = "") -> dict[str, Any]:
+        """The probe request, listing every question in data/pairs/ (after this run's)."""
+        pairs = [p for batch in load_active_pairs(self.ws).values() for p in batch]
+        boundary = [p["question"] for p in pairs if p.get("type") == BOUNDARY]
+        return build_probe_request(
+            self.prep.docs, self.prep.profile, answerable_questions(pairs), boundary, candidates_for(self.prep.probes_todo),
+            model=self.settings.model, max_tokens=self.settings.max_tokens, mode=self.mode, retry_note=retry_note,
+        )
+
+    def _log_probes(self, result: str, attempt: int, usage: Mapping[str, Any] | None = None, **extra: Any) -> None:
+        """The probe request's ledger line: an event (data/probes.jsonl itself says it is done)."""
+        usage = {k: int((usage or {}).get(k) or 0) for k in
+                 ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
+        cost = self.price.cost(usage)  # sent through the Messages API, whatever --batch-api says
+        if "error" in extra:
+            extra["error"] = redact(str(extra["error"]))
+        append_ledger(self.ws, [{"event": "probes", "result": result, "attempt": attempt, "model": self.settings.model,
+                                 "prompt_version": PROMPT_VERSION, "mode": self.mode, "batch_api": False, **usage,
+                                 "cost_usd": round(cost, 6), **extra, "time": utc_now()}])
+        self.result.usage.update(usage)
+        self.result.cost += cost
+        self.result.requests += 1
+        self.progress.tokens += sum(usage.values())
+
+    def handle_probes(self, outcome: Outcome, attempt: int) -> str | None:
+        """Record the probe request's outcome: None when it is through (written, or failed), or
+        the note to ask again with."""
+        kind, value, request_id = outcome
+        retries_left = attempt < self.settings.validation_retries
+        if kind == "error":
+            if rejects_tools(value) and self.mode == "tool" and self.settings.output == "auto":
+                self._log_probes("error", attempt, request_id=request_id, error=error_message(value))
+                self._switch_to_json("the endpoint does not accept tools")
+                return "the endpoint does not accept tools"
+            fatal, message = describe_api_error(value, self.base_url, self.credential)
+            if fatal:
+                raise GenerationError(redact(message))
+            return self._probes_failed(attempt, message, request_id=request_id)
+        usage = value.get("usage") or {}
+        try:
+            candidates, _how = parse_reply(value, self.mode, tool=PROBE_TOOL, field="questions")
+        except ValueError as exc:
+            if retries_left:
+                self._log_probes("invalid", attempt, usage, request_id=request_id, error=str(exc))
+                return str(exc)
+            return self._probes_failed(attempt, f"no usable reply after {attempt + 1} tries ({exc})", usage, request_id)
+        check = self.calibrate()
+        index = QuestionIndex()
+        for pairs in load_active_pairs(self.ws).values():
+            for p in pairs:
+                index.add(p["question"])
+        accepted, rejected = review_probes(candidates, check, index, self.prep.probes_todo,
+                                           model=self.settings.model, created=utc_now())
+        self.result.probes_tried += len(candidates)
+        self.result.probes_rejected.update(r["reason"] for r in rejected)
+        if accepted:
+            write_probes(self.ws, accepted)  # first: once it exists, the probes are done
+        append_jsonl(self.ws.rejected_path, [{**r, "attempt": attempt} for r in rejected])
+        if accepted:
+            self._log_probes("ok", attempt, usage, request_id=request_id, written=len(accepted), tried=len(candidates),
+                             threshold=check.threshold)
+            self.result.probes_written = len(accepted)
+            self.progress.done += 1
+            return None
+        reason = "no probe question passed the checks (" + ", ".join(
+            f"{n} {code}" for code, n in sorted(Counter(r["reason"] for r in rejected).items())) + ")"
+        if retries_left:
+            self._log_probes("invalid", attempt, usage, request_id=request_id, error=reason, tried=len(candidates))
+            return f"{reason}; write questions the documents do not answer"
+        return self._probes_failed(attempt, f"{reason}, after {attempt + 1} tries", usage, request_id)
+
+    def _probes_failed(self, attempt: int, reason: str, usage: Mapping[str, Any] | None = None,
+                       request_id: str | None = None) -> None:
+        self._log_probes("failed", attempt, usage, request_id=request_id, error=reason)
+        self.result.probes_failed = redact(reason)
+        self.progress.done += 1
+        return None
 
     # -- after the requests --
 
