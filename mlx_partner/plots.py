@@ -17,6 +17,7 @@ from .workspace import atomic_write_bytes
 
 TRAIN_COLOR = "#1f77b4"
 VALID_COLOR = "#ff7f0e"
+MARGIN_COLOR = "#2ca02c"
 SERIES_COLORS = ("#969696", "#2e6ebe", "#e68228", "#3ca05a")
 SIZE = (6.4, 4.0)  # inches, at DPI: loss.png is 640x400 pixels
 DPI = 100
@@ -43,12 +44,16 @@ def _finite(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def loss_plot(path: Path, train: Sequence[tuple[int, float]], valid: Sequence[tuple[int, float]],
-              base: float | None = None) -> None:
+              base: float | None = None, *, margin: Sequence[tuple[int, float]] = (),
+              valid_margin: Sequence[tuple[int, float]] = (), method: str = "") -> None:
     """Train and validation loss against iteration, and the base model's validation loss, as a PNG.
 
     Points with a NaN or infinite loss are left out, so a run that diverged still gets a picture.
+    A preference run (`method` orpo or dpo) plots its preference loss, and the reward margin
+    (chosen minus rejected) on a second axis at the right.
     """
     train, valid = _finite(train), _finite(valid)
+    margin, valid_margin = _finite(margin), _finite(valid_margin)
     fig, ax = _figure()
     if train:
         ax.plot(*zip(*train, strict=True), label="train", color=TRAIN_COLOR)
@@ -60,10 +65,21 @@ def loss_plot(path: Path, train: Sequence[tuple[int, float]], valid: Sequence[tu
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_title("Training loss")
-    if train or valid or base is not None:
-        ax.legend()
+    ax.set_ylabel(f"{method} preference loss" if method else "loss")
+    ax.set_title(f"Preference tuning ({method}): loss and reward margin" if method else "Training loss")
+    handles, labels = ax.get_legend_handles_labels()
+    if margin or valid_margin:
+        right = ax.twinx()
+        if margin:
+            right.plot(*zip(*margin, strict=True), ":", color=MARGIN_COLOR, label="reward margin (train batch)")
+        if valid_margin:
+            right.plot(*zip(*valid_margin, strict=True), "s-", color=MARGIN_COLOR, label="reward margin (validation)")
+        right.axhline(0.0, ls="-", lw=0.5, color=MARGIN_COLOR, alpha=0.5)
+        right.set_ylabel("reward margin: chosen - rejected", color=MARGIN_COLOR)
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    if handles:
+        ax.legend(handles, labels, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)

@@ -190,6 +190,8 @@ def progress_line(it: int, sched: Schedule, m: dict[str, Any], rate: float) -> s
     parts = [f"iter {it}/{sched.iters}", f"epoch {it / sched.batches_per_epoch:.2f}"]
     if train:
         parts.append(f"train {train[-1]['train_loss']:.3f}")
+        if "reward_margin" in train[-1]:  # [learn-from-use] preference tuning: its loss and reward margin
+            parts[-1] = f"pref loss {train[-1]['train_loss']:.3f} · margin {train[-1]['reward_margin']:+.3f}"
     if valid:
         parts.append(f"val {valid[-1]['val_loss']:.3f}"
                      + (f" (best {best['val_loss']:.3f} @{best['iteration']})" if best else ""))
@@ -223,6 +225,7 @@ class Monitor(TrainingCallback):
             "trained_tokens": info["trained_tokens"],
             "peak_memory_gb": info["peak_memory"] * 1e9 / GB,  # mlx-lm reports 1e9 bytes; we use GiB throughout
             "time": time.time(),
+            **({"reward_margin": info["reward_margin"]} if "reward_margin" in info else {}),  # [learn-from-use]
         })
         if not math.isfinite(info["train_loss"]):
             raise NaNLoss(it)
@@ -243,7 +246,8 @@ class Monitor(TrainingCallback):
             return
         if any(v["iteration"] == it for v in valid):
             return  # validated already before the kill that this run resumes from (the best is kept)
-        valid.append({"iteration": it, "val_loss": info["val_loss"], "val_time": info["val_time"], "time": time.time()})
+        valid.append({"iteration": it, "val_loss": info["val_loss"], "val_time": info["val_time"], "time": time.time(),
+                      **({"reward_margin": info["reward_margin"]} if "reward_margin" in info else {})})  # [learn-from-use]
         if it == 0 and self.m.get("base_val_loss") is None:
             self.m["base_val_loss"] = info["val_loss"]
         if not math.isfinite(info["val_loss"]):
@@ -295,7 +299,11 @@ class Monitor(TrainingCallback):
         with contextlib.suppress(Exception):  # a picture is never worth failing a run
             metrics = self.m["metrics"]
             loss_plot(self.run_dir / LOSS_PLOT, [(r["iteration"], r["train_loss"]) for r in metrics["train"]],
-                      [(r["iteration"], r["val_loss"]) for r in metrics["valid"]], self.m.get("base_val_loss"))
+                      [(r["iteration"], r["val_loss"]) for r in metrics["valid"]], self.m.get("base_val_loss"),
+                      # [learn-from-use] a preference run's reward margin beside its loss
+                      margin=[(r["iteration"], r["reward_margin"]) for r in metrics["train"] if "reward_margin" in r],
+                      valid_margin=[(r["iteration"], r["reward_margin"]) for r in metrics["valid"] if "reward_margin" in r],
+                      method=(self.m.get("preference") or {}).get("method", ""))
 
     def show(self, it: int, newline: bool = False) -> None:
         """The live line on stderr: redrawn in place on a terminal, every few reports otherwise."""
@@ -338,8 +346,10 @@ class TrainerOutcome:
 
 
 def run_trainer(model: Any, opt: Any, data: Data, sched: Schedule, s: TrainSettings, offset: int,
-                monitor: Monitor) -> TrainerOutcome:
-    """Train from iteration `offset` to the end; every way out is caught and returned."""
+                monitor: Monitor, objective: Any = None) -> TrainerOutcome:
+    """Train from iteration `offset` to the end; every way out is caught and returned.
+
+    `objective` (train/preference.py, --method orpo|dpo) brings its own loss and batches."""
     final = monitor.run_dir / CHECKPOINTS / TRAINER_FINAL
     args = trainer.TrainingArgs(
         batch_size=s.batch_size, iters=sched.iters - offset, val_batches=s.val_batches,
@@ -357,7 +367,10 @@ def run_trainer(model: Any, opt: Any, data: Data, sched: Schedule, s: TrainSetti
         with quiet_trainer(warnings), terminate_like_ctrl_c():
             if args.iters > 0:
                 trainer.train(model=model, optimizer=opt, train_dataset=data.train, val_dataset=data.valid,
-                              args=args, iterate_batches=batch_order(s, offset), training_callback=monitor)
+                              args=args, training_callback=monitor,
+                              # [learn-from-use] preference tuning: its loss and its batches
+                              **({"loss": objective.loss, "iterate_batches": objective.batches(offset)} if objective
+                                 else {"iterate_batches": batch_order(s, offset)}))
         if args.iters > 0:
             monitor.checkpoint(sched.iters)
         with contextlib.suppress(OSError):

@@ -232,6 +232,9 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
     plan = make_plan(loaded.config, knobs(s), data.lengths, on_cpu, memory_gb)
     for line in _header_lines(loaded) + data.notes + plan.lines():
         say(line)
+    # [learn-from-use] --method orpo|dpo (train/preference.py); for sft the data and schedule stay as they are
+    from .preference import setup
+    data, sched, objective = setup(ws, loaded, data, s, sched, say)  # before the adapters: base answers
 
     loop.add_adapters(model, s)
     if start.source is not None:
@@ -255,9 +258,9 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
         "memory_plan_gb": round(plan.estimate.total / GB, 3), "started": utc_now(),
         "previous_duration_s": (start.previous or {}).get("duration_s", 0.0),
     })
-    monitor = loop.Monitor(run_dir, m, model, opt, sched, s, start.offset, progress)
+    monitor = (objective.monitor if objective else loop.Monitor)(run_dir, m, model, opt, sched, s, start.offset, progress)
     monitor.write()
-    outcome = loop.run_trainer(model, opt, data, sched, s, start.offset, monitor)
+    outcome = loop.run_trainer(model, opt, data, sched, s, start.offset, monitor, objective)
     for w in dict.fromkeys(outcome.warnings):
         say(w)
     _record_outcome(start, m, outcome, notes, rank0)
