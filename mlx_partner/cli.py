@@ -398,6 +398,8 @@ def train(app: App, run_name: str | None, resume: bool, continue_from: str | Non
         for line in result.notes + result.plan.lines():
             click.echo(line)
         return
+    if not result.primary:  # another rank under mlx.launch: rank 0 reports for all
+        return
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)
     est = result.plan.estimate

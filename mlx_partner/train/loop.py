@@ -64,6 +64,31 @@ def is_rank0() -> bool:
     return mx.distributed.init().rank() == 0
 
 
+def launch_backend(env: dict[str, str] | os._Environ[str]) -> str:
+    """Which of MLX's distributed backends `mlx.launch` started this process with (from what it sets)."""
+    if env.get("MLX_JACCL_COORDINATOR") or env.get("MLX_IBV_DEVICES"):
+        return "jaccl"
+    if env.get("NCCL_HOST_IP"):
+        return "nccl"
+    if env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE"):
+        return "mpi"
+    if env.get("MLX_HOSTFILE"):
+        return "ring"
+    return "unknown"
+
+
+def distributed_info(s: TrainSettings) -> dict[str, Any]:
+    """The processes training together (data-parallel, `mlx.launch`), for the manifest.
+
+    Each process takes batch_size / processes examples of every batch, so the batch must split."""
+    world = mx.distributed.init()
+    n = world.size()
+    if s.batch_size % n:
+        raise TrainingError(f"--batch-size {s.batch_size} does not split over {n} processes (mlx.launch -n {n}); "
+                            f"use a multiple of {n}.")
+    return {"processes": n, "backend": launch_backend(os.environ) if n > 1 else None}
+
+
 def save_safetensors(path: Path, arrays: dict[str, Any]) -> None:
     """mx.save_safetensors, atomically (a reader never sees half a file, even after a power cut).
 

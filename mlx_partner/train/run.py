@@ -76,6 +76,7 @@ class TrainResult:
     best_val_loss: float | None = None
     base_val_loss: float | None = None
     stopped_early: bool = False
+    primary: bool = True  # False on the other ranks under mlx.launch: rank 0 reports for all
     duration_s: float = 0.0
     peak_memory_gb: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -228,6 +229,7 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
     s = fit_layers(start.settings, len(model.layers))
     data = load_data(ws, loaded.tokenizer, s)
     sched = plan_schedule(len(data.train), s)
+    distributed = loop.distributed_info(s)  # refuses a batch that does not split over the processes
     on_cpu = is_cpu_backend()
     plan = make_plan(loaded.config, knobs(s), data.lengths, on_cpu, memory_gb)
     for line in _header_lines(loaded) + data.notes + plan.lines():
@@ -255,6 +257,7 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
         "retrieval": index,
         "status": "running", "dtype": loaded.dtype, "machine": machine_info(on_cpu), "versions": versions(),
         "schedule": asdict(sched), "trainable_parameters": loop.count_trainable(model),
+        "distributed": distributed,
         "memory_plan_gb": round(plan.estimate.total / GB, 3), "started": utc_now(),
         "previous_duration_s": (start.previous or {}).get("duration_s", 0.0),
     })
@@ -275,7 +278,7 @@ def _fine_tune(ws: Workspace, start: Start, memory_gb: float | None, progress: b
         run=run_dir.name, run_dir=run_dir, status=m["status"], plan=plan, iterations=m["iterations_done"],
         total_iters=sched.iters, best_iteration=best["iteration"] if best else None,
         best_val_loss=best["val_loss"] if best else None, base_val_loss=base,
-        stopped_early=outcome.stopped_early, duration_s=m["duration_s"], peak_memory_gb=outcome.peak_memory_gb,
+        stopped_early=outcome.stopped_early, primary=rank0, duration_s=m["duration_s"], peak_memory_gb=outcome.peak_memory_gb,
         notes=notes,
     )
 
