@@ -19,6 +19,7 @@ import click
 
 from . import __version__
 from .blas import reexec_with_fast_blas
+from .chat.fixes import Fixes
 from .chat.repl import run_prompt, run_repl
 from .chat.session import open_session
 from .chat.target import resolve_target
@@ -448,7 +449,8 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
     conversation (old turns are dropped when the context window fills). Under each answer, dimmed
     on stderr: the passages of your writing it rests on, a warning when nothing you wrote is close
     to the question, and any quotation not found in your writing. Inside: /help, /reset,
-    /save FILE, /sources, /system, /temp X, /quit; Ctrl-C stops a reply.
+    /save FILE, /sources, /system, /temp X, /quit; /fix writes what you would have answered and
+    /good marks an answer right (data/corrections.jsonl, for `retrain`); Ctrl-C stops a reply.
 
     \b
     Examples:
@@ -485,7 +487,7 @@ def chat(app: App, run_name: str | None, model_path: str | None, base: bool, pro
         run_prompt(session, citer, prompt, as_json=as_json)
         return
     click.echo(f"{loaded.dtype}, context {session.window} tokens. {loaded.note}", err=True)
-    run_repl(session, target.label, citer)
+    run_repl(session, target.label, citer, Fixes(app.workspace, run=target.run_name, model=target.model))
 
 
 @cli.command()

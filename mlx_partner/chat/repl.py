@@ -24,6 +24,7 @@ import click
 
 from ..errors import PartnerError
 from .citations import citation_lines
+from .fixes import Fixes  # [learn-from-use] /fix and /good
 from .session import ChatSession
 from .transcript import save_transcript
 
@@ -37,12 +38,14 @@ HELP = """Commands:
   /system      show the system prompt
   /sources     show or hide the passages of your writing under each answer
   /temp X      set the sampling temperature (0 = greedy)
+  /fix         write what you would have answered to the last question (end with a "." line)
+  /good        mark the last answer as what you would say
   /quit        leave (Ctrl-D works too)
 Ctrl-C stops a reply without leaving."""
 
 
 def handle_command(session: ChatSession, label: str, line: str, say: Callable[[str], None],
-                   citer: Citer | None = None) -> bool:
+                   citer: Citer | None = None, fixes: Fixes | None = None) -> bool:
     """Run one /command; return False when the REPL should end."""
     name, _, arg = line.strip().partition(" ")
     arg = arg.strip()
@@ -58,6 +61,9 @@ def handle_command(session: ChatSession, label: str, line: str, say: Callable[[s
         say(session.system_prompt)
     elif name == "/sources":
         say(toggle_sources(citer))
+    elif name in ("/fix", "/good"):  # [learn-from-use] corrections for the next retrain (chat/fixes.py)
+        say("(Corrections are saved only in a workspace chat.)" if fixes is None
+            else fixes.fix(session) if name == "/fix" else fixes.good(session))
     elif name == "/save":
         if not arg:
             say("Usage: /save FILE  (e.g. /save chat.md)")
@@ -142,7 +148,7 @@ def run_prompt(session: ChatSession, citer: Citer | None, prompt: str, as_json: 
     show_citation(citer, prompt, "".join(pieces))
 
 
-def run_repl(session: ChatSession, label: str, citer: Citer | None = None) -> None:
+def run_repl(session: ChatSession, label: str, citer: Citer | None = None, fixes: Fixes | None = None) -> None:
     """Read questions, stream answers, until /quit or end of input. Terminal I/O lives here."""
 
     def say(text: str) -> None:
@@ -164,7 +170,7 @@ def run_repl(session: ChatSession, label: str, citer: Citer | None = None) -> No
         if not line:
             continue
         if line.startswith("/"):
-            if not handle_command(session, label, line, say, citer):
+            if not handle_command(session, label, line, say, citer, fixes):
                 break
             continue
         stream = session.ask(line, citer.context(line) if citer else [])
