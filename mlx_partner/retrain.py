@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .corrections import corrections_since
+from .corrections import corrections_since, read_corrections
 from .dataset.manifest import dataset_hash, load_manifest
 from .dataset.pairs import pair_files, read_pairs
 from .dataset.write import run_dataset
@@ -117,10 +117,10 @@ def _dataset_outdated(ws: Workspace, manifest: dict[str, Any] | None) -> str:
         return "the split files were changed after `dataset` wrote them"
     # The pairs as `dataset` reads them (ids included: hand-written pairs get content ids there).
     pairs = read_pairs(pair_files(ws, extra_pair_files(ws, built))).pairs
-    active_ids = {p.id for p in pairs}
+    active_ids = {p.id for p in pairs} | {c.id for c in read_corrections(ws).corrections}  # chat's, as pairs
     ids = {i for split in (built.get("ids") or {}).values() for i in split}
     if ids - active_ids:
-        return f"{len(ids - active_ids)} pairs the dataset holds are no longer in data/pairs/"
+        return f"{len(ids - active_ids)} pairs the dataset holds are no longer in data/pairs/ or data/corrections.jsonl"
     if len(pairs) > int(built.get("pairs_read") or 0):
         return f"{len(pairs) - int(built.get('pairs_read') or 0)} pairs in data/pairs/ are not in the dataset yet"
     return ""

@@ -188,4 +188,6 @@ def test_a_new_correction_alone_is_reason_to_retrain(workspace):
     result = invoke(workspace, "retrain", *EVAL)
     assert result.exit_code == 0, result.output
     assert len(runs(workspace)) == 2
+    trained_on = (workspace / "data" / "train.jsonl").read_text()
+    assert "Time, mostly." in trained_on and "What makes a loaf good?" in trained_on  # the correction is data now
     assert "Nothing changed" in invoke(workspace, "retrain", "--dry-run").output

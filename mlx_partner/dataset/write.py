@@ -38,6 +38,7 @@ from ..workspace import (
     atomic_write_text,
     workspace_lock,
 )
+from .corrected import place_corrections, with_corrections  # [learn-from-use] chat's /fix and /good
 from .duplicates import BOUNDARY, Grouping, drop_boundary_echoes, group_pairs
 from .manifest import (
     MANIFEST_VERSION,
@@ -236,6 +237,8 @@ def _run(ws: Workspace, settings: Settings, extra: list[Path], base_model: str |
     ds, tr = settings.dataset, settings.train
     _check_fractions(ds)
     read, pairs, dropped, warnings = _read(ws, extra)
+    pairs, fixes, more = with_corrections(ws, pairs)  # [learn-from-use] /good joins here (dataset/corrected.py)
+    warnings += more
     pairs, echoes = drop_boundary_echoes(pairs)
     if echoes:
         warnings.append(f"{len(echoes)} boundary pair(s) dropped: an answered pair asks the same question "
@@ -248,6 +251,9 @@ def _run(ws: Workspace, settings: Settings, extra: list[Path], base_model: str |
     warnings += plan.warnings
     notes = plan.notes + _held_apart_notes(grouping, pairs)
     split_pairs = {s: [p for p in pairs if plan.assignment[p.id] == s] for s in SPLITS}
+    # [learn-from-use] /fix corrections: train only, never one asking a test question (dataset/corrected.py)
+    split_pairs, pairs, more, fix_notes = place_corrections(fixes, split_pairs, pairs)
+    warnings, notes = warnings + more, notes + fix_notes
     if len(split_pairs["train"]) < tr.batch_size:
         raise DatasetError(
             f"Only {len(split_pairs['train'])} training example(s) for a batch size of {tr.batch_size}: add pairs "
