@@ -32,6 +32,7 @@ from .fuse import run_fuse
 from .init import init_workspace
 from .models import ensure_demo_model, import_gguf, list_models, models_cache
 from .runs import find_run, read_manifest
+from .serve import is_loopback, plan_serve, run_serve
 from .textfmt import table
 from .train.run import run_train
 from .workspace import Workspace
@@ -42,7 +43,7 @@ from .workspace import Workspace
 # TF-IDF, the eval metrics), so the commands that need them import them inside the command.
 
 # Commands that run MLX; the console entry re-executes them once under a fast CPU BLAS.
-MLX_COMMANDS = {"dataset", "train", "fuse", "chat", "eval", "retrain", "demo", "models"}
+MLX_COMMANDS = {"dataset", "train", "fuse", "serve", "chat", "eval", "retrain", "demo", "models"}
 
 
 @dataclass
@@ -581,7 +582,9 @@ def models_list() -> None:
 @click.option("--run", "run_name", metavar="NAME", help="Fuse this run instead of the latest.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Write here instead of models/<run>/.")
 @click.option("--gguf", "export_gguf", is_flag=True,
-              help="Also write <run>.gguf (float16) for llama.cpp/Ollama/LM Studio: llama models, and mistral/mixtral with a SentencePiece tokenizer.")
+              help="Also write <run>.gguf (float16) and an Ollama Modelfile, for llama.cpp, LM Studio and Ollama: "
+                   "llama and qwen2 models with a byte-level BPE tokenizer (SmolLM2, Llama 3.x, Qwen2.5), and "
+                   "SentencePiece llama/mistral/mixtral.")
 @click.option("--quantize", is_flag=True, help="Re-quantize like a 4/8-bit base, kept only if the check still passes.")
 @click.option("--tolerance", type=click.FloatRange(min=0), help="Largest accepted logit difference from the adapter.  [default: 0.01 in float32]")
 @pass_app
@@ -589,24 +592,65 @@ def fuse(app: App, run_name: str | None, output: Path | None, export_gguf: bool,
          tolerance: float | None) -> None:
     """Merge a run's adapters into a standalone model in models/<run>/, then check it.
 
-    The fused model is loaded back and compared with the adapter on its base on a few held-out
-    conversations; if its logits differ by more than the tolerance (a fused model that lost its
-    adapter, mlx-lm #1172), nothing is written and the command fails. A quantized base is
-    dequantized before the merge.
+    The model's chat template gets the run's system prompt as its default, so LM Studio,
+    `mlx_lm.server` or any app that sends no system message talks to the partner; a system
+    message of the app's own still wins. The fused model is loaded back and compared with the
+    adapter on its base on a few held-out conversations; if its logits differ by more than the
+    tolerance (a fused model that lost its adapter, mlx-lm #1172), nothing is written and the
+    command fails. A quantized base is dequantized before the merge; --gguf always exports float16
+    from the float weights.
 
     \b
     Examples:
       mlx-partner fuse
+      mlx-partner fuse --gguf                      # + models/<run>/<run>.gguf and Modelfile
       mlx-partner fuse --run 20261125-1712 --output ~/partner-model
       python -m mlx_lm generate --model models/20261125-1712 --prompt "Hello"
     """
     result = run_fuse(app.workspace, run_name, output=output, export_gguf=export_gguf, quantize=quantize,
-                      tolerance=tolerance, log=lambda s: click.echo(s, err=True))
+                      tolerance=tolerance, chat=app.settings.chat, log=lambda s: click.echo(s, err=True))
     click.echo(f"Fused {result.run} into {result.model_dir} ({result.dtype}) in {result.seconds:.1f} s.")
     click.echo(f"Check passed: {result.check.line()}.")
     if result.gguf_path:
         click.echo(f"GGUF: {result.gguf_path}")
-    click.echo("Talk to it with: mlx-partner chat" + (f" --run {result.run}" if run_name else ""))
+    elif export_gguf:
+        click.echo("GGUF: not written (see the line above); the MLX model is fused.")
+    if result.ollama_create:
+        click.echo(f"Ollama: {result.ollama_create}")
+    click.echo("Talk to it with: mlx-partner chat" + (f" --run {result.run}" if run_name else "")
+               + ", or serve it to other apps: mlx-partner serve" + (f" --run {result.run}" if run_name else ""))
+
+
+@cli.command()
+@click.option("--run", "run_name", metavar="NAME", help="Serve this run's fused model instead of the latest run's.")
+@setting("--host", key="serve.host", metavar="ADDRESS")
+@setting("--port", key="serve.port", type=click.IntRange(1, 65535))
+@pass_app
+def serve(app: App, run_name: str | None, host: str | None, port: int | None) -> None:
+    """Serve the partner to other apps: an OpenAI-compatible API on 127.0.0.1, offline.
+
+    It is mlx-lm's own server (POST /v1/chat/completions, streamed or not; GET /v1/models,
+    /health) on the run's fused model, whose chat template gives every conversation without a
+    system message the partner's system prompt; an app's own system message still wins. Any model
+    name a client asks for gets the partner. Sampling defaults come from [chat]. Run `mlx-partner
+    fuse` first. There is no authentication: an address other than loopback is used only when
+    given as --host. Ctrl-C stops it.
+
+    \b
+    Examples:
+      mlx-partner serve
+      mlx-partner serve --run 20261125-1712 --port 8081
+      OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=none  your-openai-app
+    """
+    plan = plan_serve(app.workspace, run_name, host, port, app.settings)
+    click.echo(f"Serving run {plan.run} ({plan.model_dir}) at {plan.base_url}")
+    click.echo(f"Try: {plan.curl_line()}")
+    if is_loopback(plan.host):
+        click.echo("Only programs on this machine can reach it; there is no authentication. Ctrl-C stops it.", err=True)
+    else:
+        click.echo(f"Warning: listening on {plan.host}: anyone who can reach this machine on port {plan.port} can use "
+                   f"the partner; there is no authentication. Ctrl-C stops it.", err=True)
+    run_serve(plan)
 
 
 # --- eval / retrain / runs ---------------------------------------------------------------------

@@ -100,12 +100,20 @@ class ChatSettings:
     rag: bool = _f(False, "Put the passages closest to each question into the prompt (train with [dataset] passages = true to match).")
 
 
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = _f("127.0.0.1", "Address `serve` listens on; anything but loopback must be given as --host (no authentication).")
+    port: int = _f(8080, "Port `serve` listens on.")
+    allowed_origins: str = _f("", "Web pages (origins, comma-separated, e.g. http://localhost:3000) allowed to call `serve` from a browser; '*' allows any.")
+
+
 SECTIONS: dict[str, type] = {
     "sources": SourcesSettings,
     "generate": GenerateSettings,
     "dataset": DatasetSettings,
     "train": TrainSettings,
     "chat": ChatSettings,
+    "serve": ServeSettings,
 }
 
 
@@ -116,6 +124,7 @@ class Settings:
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
 
     def override(self, section: str, **values: Any) -> Settings:
         """A copy with the given keys of one section replaced; None values are ignored."""

@@ -1,4 +1,4 @@
-"""Shared fixtures: every user path points into a temporary folder; a tiny random model."""
+"""Shared fixtures: every user path points into a temporary folder; tiny random llama and qwen2 models."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def tiny_model(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-chatml", template="chatml")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> Path:
+    """A tiny random qwen2 model folder laid out like Qwen2.5-Instruct (biases, tied, padded
+    embedding, Qwen2's pre-tokenizer, Qwen2.5's chat template with its default system prompt)."""
+    from tiny_model import build_tiny_qwen2
+
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2") / "tiny-qwen2")
 
 
 @pytest.fixture(scope="session")

@@ -107,7 +107,7 @@ def test_fused_model_matches_adapter_on_base(ws, tiny_model):
 
 def test_a_fuse_that_loses_the_adapter_is_caught(ws, monkeypatch):
     """mlx-lm #1172: the saved model silently lost the adapter. Simulate it: skip the merge."""
-    from mlx_partner import fuse as fuse_mod
+    from mlx_partner.fuse import run as fuse_mod
 
     def lossy(base_path, run_dir, dtype):
         from mlx_lm.utils import load
@@ -125,7 +125,7 @@ def test_a_fuse_that_loses_the_adapter_is_caught(ws, monkeypatch):
 
 def test_a_corrupted_merge_is_caught_too(ws, monkeypatch):
     """A merge that adds the delta with the wrong scale (a plausible bug) fails the check."""
-    from mlx_partner import fuse as fuse_mod
+    from mlx_partner.fuse import run as fuse_mod
 
     real = fuse_mod.fuse_model
 
@@ -236,7 +236,7 @@ def test_cli_fuse_gguf_byte_level_round_trips_through_import(ws):
     assert result.exit_code == 0, result.output
     fused = ws.models_dir / "r1"
     gguf = fused / "r1.gguf"
-    assert f"GGUF: {gguf}" in result.stdout and "byte-level BPE 'gpt2' tokenizer, with its chat template" in result.stderr
+    assert f"GGUF: {gguf}" in result.stdout and "byte-level BPE 'gpt-2' tokenizer, with its chat template" in result.stderr
     header = read_header(gguf)
     assert header.metadata["tokenizer.ggml.model"] == "gpt2" and header.type_counts() == {"F16": 16, "F32": 5}
     back = import_gguf(gguf, name="r1-back", log=lambda s: None).path
@@ -251,8 +251,9 @@ def test_cli_fuse_gguf_byte_level_round_trips_through_import(ws):
     assert tok_a.apply_chat_template(msgs, add_generation_prompt=True) == tok_b.apply_chat_template(msgs, add_generation_prompt=True)
 
 
-def test_cli_fuse_gguf_refuses_what_it_cannot_write(tmp_path, tiny_model):
-    """A byte-level tokenizer whose pre-tokenizer llama.cpp has no name for: refused, nothing written."""
+def test_cli_fuse_gguf_says_what_it_cannot_write_and_still_fuses(tmp_path, tiny_model):
+    """A byte-level tokenizer whose pre-tokenizer llama.cpp has no name for: one line naming why and
+    what is supported, before any work; the MLX folder is fused all the same, and no GGUF written."""
     base = tmp_path / "odd-tokenizer"
     shutil.copytree(tiny_model, base)
     tok = json.loads((base / "tokenizer.json").read_text())
@@ -262,9 +263,89 @@ def test_cli_fuse_gguf_refuses_what_it_cannot_write(tmp_path, tiny_model):
     root.mkdir()
     make_run(root, base)
     result = CliRunner().invoke(cli, ["-w", str(root), "fuse", "--gguf"])
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "not a byte-level BPE that llama.cpp knows" in result.output and "convert_hf_to_gguf.py" in result.output
-    assert not (root / "models" / "r1").exists()
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("--gguf: not exporting, its tokenizer is not a byte-level BPE that llama.cpp knows")
+    assert "supported: llama, qwen2" in first and "convert_hf_to_gguf.py" in first
+    assert "GGUF: not written" in result.stdout
+    fused = root / "models" / "r1"
+    assert (fused / "config.json").exists() and not list(fused.glob("*.gguf")) and not (fused / "Modelfile").exists()
+
+
+def test_cli_fuse_gguf_unsupported_architecture(tmp_path, tiny_model):
+    """An architecture the exporter does not write (here 'mistral' with a byte-level tokenizer, which
+    mlx-lm loads as llama): named in one line with the supported ones; the MLX model is fused."""
+    base = tmp_path / "tiny-mistral"
+    shutil.copytree(tiny_model, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_run(root, base)
+    result = CliRunner().invoke(cli, ["-w", str(root), "fuse", "--gguf"])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("--gguf: not exporting, 'mistral' models cannot be exported to GGUF here (supported: llama, qwen2")
+    assert lines[1].startswith("Fusing r1")  # said before any work
+    assert (root / "models" / "r1" / "config.json").exists() and not list((root / "models" / "r1").glob("*.gguf"))
+
+
+def test_fuse_gguf_qwen2_layout(tmp_path, tiny_qwen2):
+    """The default base's architecture: qwen2 metadata, biases, tied embeddings (no output.weight),
+    the padded vocabulary, Qwen2's pre-tokenizer, and the partner's prompt in the embedded template."""
+    from mlx_partner.gguf.header import read_header
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_test_split(root)
+    make_run(root, tiny_qwen2)
+    result = CliRunner().invoke(cli, ["-w", str(root), "fuse", "--gguf"])
+    assert result.exit_code == 0, result.output
+    assert "float16 qwen2, byte-level BPE 'qwen2' tokenizer" in result.stderr
+    header = read_header(root / "models" / "r1" / "r1.gguf")
+    meta, names = header.metadata, {t.name for t in header.tensors}
+    config = json.loads((tiny_qwen2 / "config.json").read_text())
+    assert header.architecture == "qwen2" and meta["qwen2.block_count"] == 2 and meta["qwen2.rope.freq_base"] == 1e6
+    assert meta["tokenizer.ggml.pre"] == "qwen2" and len(meta["tokenizer.ggml.tokens"]) == config["vocab_size"]
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    assert tokens[-1] == f"[PAD{config['vocab_size'] - 1}]" and types[-1] == 5
+    assert types[tokens.index("<|im_end|>")] == 3 and types[tokens.index("<tool_call>")] == 4
+    assert meta["tokenizer.ggml.eos_token_id"] == tokens.index("<|im_end|>")
+    assert meta["tokenizer.ggml.add_bos_token"] is False
+    assert {"blk.0.attn_q.bias", "blk.1.attn_k.bias", "blk.1.attn_v.bias", "token_embd.weight"} <= names
+    assert "output.weight" not in names
+    # The base's template (its Qwen default included) behind the prelude that puts the partner's prompt first.
+    from mlx_partner.fuse.template import jinja_string
+
+    template = meta["tokenizer.chat_template"]
+    assert jinja_string(SYSTEM) in template and template.index(jinja_string(SYSTEM)) < template.index("You are Qwen")
+    assert header.type_counts() == {"F16": 15, "F32": 11}
+
+
+def test_quantized_fuse_exports_gguf_from_float_weights(tmp_path, tiny_model):
+    """--quantize --gguf: the MLX folder stays 4-bit, the GGUF is float16 from the float merge, and
+    the note says so. Its weights are the float fused model's (imported back, to float16 rounding)."""
+    import mlx.core as mx
+    from mlx_lm.utils import load, quantize_model, save
+
+    from mlx_partner.fuse import run_fuse
+    from mlx_partner.models import import_gguf
+
+    model, tokenizer, config = load(str(tiny_model), return_config=True)
+    model, config = quantize_model(model, config, group_size=32, bits=4)
+    qbase = tmp_path / "tiny-4bit"
+    save(qbase, str(tiny_model), model, tokenizer, config, donate_model=False)
+    root = tmp_path / "ws"
+    root.mkdir()
+    make_run(root, qbase)
+    result = run_fuse(Workspace.at(root), quantize=True, tolerance=100.0, export_gguf=True, log=lambda s: None)
+    assert result.dtype == "4-bit" and result.gguf_path and result.modelfile
+    assert any("From the float weights, not the re-quantized MLX ones." in n for n in result.notes)
+    floats = run_fuse(Workspace.at(root), output=tmp_path / "float", log=lambda s: None)
+    back = import_gguf(result.gguf_path, name="q-back", log=lambda s: None).path
+    ids = mx.array([list(range(3, 50))])
+    a, b = load(str(floats.model_dir))[0](ids), load(str(back))[0](ids)
+    assert mx.max(mx.abs(a - b)).item() < 0.02
 
 
 def sentencepiece_variant(tiny_model: Path, dest: Path) -> Path:

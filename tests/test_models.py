@@ -341,8 +341,10 @@ def test_smollm_pre_tokenizer_splits_digits():
     assert [p for p, _ in pre_tokenizer("gpt2").pre_tokenize_str("in 2024")] == ["in", "Ġ2024"]
     llama3 = [p for p, _ in pre_tokenizer("llama-bpe").pre_tokenize_str("Hi 12345 don't")]
     assert llama3 == ["Hi", "Ġ", "123", "45", "Ġdon", "'t"]  # digits in threes, as Llama 3 splits them
-    with pytest.raises(ModelError, match="'qwen2' pre-tokenizer"):
-        pre_tokenizer("qwen2")
+    qwen2 = [p for p, _ in pre_tokenizer("qwen2").pre_tokenize_str("Hi 12345 don't")]
+    assert qwen2 == ["Hi", "Ġ", "1", "2", "3", "4", "5", "Ġdon", "'t"]  # Qwen2 splits every digit
+    with pytest.raises(ModelError, match="'falcon' pre-tokenizer"):
+        pre_tokenizer("falcon")
 
 
 # --- refusals ------------------------------------------------------------------------------------

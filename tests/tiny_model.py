@@ -1,10 +1,15 @@
-"""A tiny random Llama model that mlx-lm loads, trains, fuses and generates with, in seconds.
+"""Tiny random Llama and Qwen2 models that mlx-lm loads, trains, fuses and generates with, in seconds.
 
-2 layers, hidden 64, a byte-level BPE tokenizer trained with `tokenizers` on the repository's example
-documents, and one of three chat templates (ChatML, Llama-3-style with a date line, Gemma-style with
-no system role) so template handling can be tested without a model hub.
+Llama: 2 layers, hidden 64, a byte-level BPE tokenizer trained with `tokenizers` on the repository's
+example documents, and one of three chat templates (ChatML, Llama-3-style with a date line,
+Gemma-style with no system role) so template handling can be tested without a model hub.
 
-    python tests/tiny_model.py /tmp/tiny [chatml|llama3|gemma]
+Qwen2 (`build_tiny_qwen2`): the same size, laid out like Qwen2.5-Instruct, the default base model:
+q/k/v biases, tied embeddings, an embedding padded past the tokenizer's last id, Qwen2's
+pre-tokenizer (single digits, NFC), its added `<tool_call>` tokens, and Qwen2.5's own chat template,
+which writes "You are Qwen, created by Alibaba Cloud..." when no system message is given.
+
+    python tests/tiny_model.py /tmp/tiny [chatml|llama3|gemma|qwen2]
 """
 
 from __future__ import annotations
@@ -73,6 +78,69 @@ TEMPLATES = {
 }
 
 
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Qwen2.5-Instruct's chat template, as its tokenizer_config.json has it.
+QWEN25_TEMPLATE = r"""{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
+    {%- endif %}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+
+
 def training_text() -> list[str]:
     """A few KB of real prose for the tokenizer: the example documents, or a fallback."""
     texts = [p.read_text(encoding="utf-8", errors="ignore") for p in sorted((REPO / "sources").rglob("*.md"))]
@@ -83,28 +151,65 @@ def training_text() -> list[str]:
     return texts
 
 
-def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write a tiny random llama model folder at `path` and return it."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    spec = TEMPLATES[template]
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+def train_tokenizer(path: Path, specials: list[str], vocab_size: int, qwen2: bool = False):
+    """A byte-level BPE trained on `training_text()`, saved as path/tokenizer.json (GPT-2's
+    pre-tokenizer, or Qwen2's: its split regex, then byte-level without a regex, NFC first)."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen2:
+        tokenizer.normalizer = normalizers.NFC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ])
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=spec["specials"],
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(training_text(), trainer=trainer)
     tokenizer.save(str(path / "tokenizer.json"))
+    return tokenizer
+
+
+def save_model(path: Path, model, config: dict, tokenizer_config: dict) -> Path:
+    """Flattened parameters, config.json and tokenizer_config.json: what mlx-lm loads."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    mx.eval(model.parameters())
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return path
+
+
+def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512, seed: int = 0) -> Path:
+    """Write a tiny random llama model folder at `path` and return it ("qwen2": `build_tiny_qwen2`)."""
+    import mlx.core as mx
+    from mlx_lm.models import llama
+
+    if template == "qwen2":
+        return build_tiny_qwen2(path, vocab_size=vocab_size, seed=seed)
+    spec = TEMPLATES[template]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(path, spec["specials"], vocab_size)
 
     eos_id = tokenizer.token_to_id(spec["eos"])
     bos_id = tokenizer.token_to_id(spec["bos"]) if spec["bos"] else None
@@ -126,9 +231,6 @@ def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512
     }
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (path / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "chat_template": spec["template"],
@@ -139,8 +241,53 @@ def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512
         "model_max_length": 2048,
         "clean_up_tokenization_spaces": False,
     }
-    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    return path
+    return save_model(path, model, config, tokenizer_config)
+
+
+def build_tiny_qwen2(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
+    """Write a tiny random qwen2 model folder (Qwen2.5-Instruct's layout and template) and return it."""
+    import mlx.core as mx
+    from mlx_lm.models import qwen2
+    from tokenizers import AddedToken
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size, qwen2=True)
+    # Qwen's tool-call markers are added tokens that are not special (llama.cpp: USER_DEFINED).
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<tool_call>", "</tool_call>")])
+    tokenizer.save(str(path / "tokenizer.json"))
+    n_tokens = tokenizer.get_vocab_size()
+    config = {
+        "model_type": "qwen2",
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": -(-n_tokens // 64) * 64 + 64,  # padded past the last token id, as Qwen2.5's is
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": tokenizer.token_to_id("<|endoftext|>"),
+        "eos_token_id": tokenizer.token_to_id("<|im_end|>"),
+        "torch_dtype": "float32",
+    }
+    mx.random.seed(seed)
+    model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": QWEN25_TEMPLATE,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "add_bos_token": False,
+        "model_max_length": 32768,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+    }
+    return save_model(path, model, config, tokenizer_config)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Import: `build_tokenizer(metadata)` makes either a byte-level BPE (`tokenizer.ggml.model`
 "gpt2": tokens + merges, with the pre-tokenizer llama.cpp names, e.g. SmolLM's digit splitting)
 or a SentencePiece BPE ("llama": tokens + scores, merges rebuilt from the scores, byte fallback).
-Export: `pre_tokenizer_name(tokenizer.json)` is llama.cpp's name for a byte-level pre-tokenizer.
+Export: `pre_tokenizer_name(tokenizer.json)` is llama.cpp's name for a byte-level pre-tokenizer
+(gpt-2, smollm, llama-bpe, qwen2), told from its structure.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_TOKENIZERS = ("gpt2", "default", "smollm", "starcoder", "llama-bpe", "llama3")
+# Qwen2's: Llama 3's with single digits.
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+PRE_TOKENIZERS = ("gpt2", "gpt-2", "default", "smollm", "starcoder", "llama-bpe", "llama3", "qwen2")
 
 
 def pre_tokenizer(pre: str) -> Any:
@@ -25,14 +28,15 @@ def pre_tokenizer(pre: str) -> Any:
     from tokenizers import Regex, pre_tokenizers
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    if pre in ("gpt2", "default"):
+    if pre in ("gpt2", "gpt-2", "default"):
         return byte_level
     if pre in ("smollm", "starcoder"):
         # SmolLM/StarCoder split every digit on its own before the GPT-2 regex.
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if pre in ("llama-bpe", "llama3"):
+    if pre in ("llama-bpe", "llama3", "qwen2"):
+        split = _QWEN2_SPLIT if pre == "qwen2" else _LLAMA3_SPLIT
         return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ])
     raise ModelError(
@@ -132,9 +136,10 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any]) -> str | None:
     parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's name (not "gpt2", which it refuses)
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
         return "smollm"
-    if kinds == ["Split", "ByteLevel"] and (parts[0].get("pattern") or {}).get("Regex") == _LLAMA3_SPLIT:
-        return "llama-bpe"
+    if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
+        regex = (parts[0].get("pattern") or {}).get("Regex")
+        return {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}.get(regex)
     return None

