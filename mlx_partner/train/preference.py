@@ -13,7 +13,9 @@ same are left out.
 ORPO (Hong et al. 2024) needs no reference model: the chosen answer's NLL plus beta times
 -log sigmoid of the log odds ratio of the two answers' per-token probabilities. DPO (Rafailov et
 al. 2023) needs the reference (base) model's log probabilities of both answers: they are computed
-once here, before the adapters exist, so no second model sits in memory. The reward margin is
+once here, before the adapters exist, so no second model sits in memory. The reference is always
+the base model, also for a run that continues another (`--continue-from`), so "SFT, then DPO" is
+not the textbook recipe (whose reference is the SFT model): ORPO is the method to try first. The reward margin is
 TRL's: beta times (chosen minus rejected) per-token log probability for ORPO, beta times the
 difference of the log ratios to the reference for DPO. The live line and loss.png show both.
 
