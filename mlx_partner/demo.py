@@ -236,6 +236,11 @@ def _demo_dataset(ws: Workspace, s: Settings, example: ExampleWorkspace, model_p
     if extra:
         report.line(f"note: {len(extra)} pair file(s) in {ws.pairs_dir} are included too")
     dataset = run_dataset(ws, s, extra_pairs=[example.pairs], base_model=str(model_path))
+    # The example's hand-written near-domain probes, for `eval` (unless generate wrote some).
+    from .evaluate.probes import install_probes  # evaluate loads numpy: kept out of --help
+
+    if install_probes(ws, ws.root / "examples" / "probes.jsonl"):
+        report.line(f"near-domain probes for eval in {ws.data_dir.name}/probes.jsonl (never trained on)")
     counts = ", ".join(f"{n} {split}" for split, n in dataset.counts.items())
     report.line(f"{dataset.pairs_read} pairs -> {counts}; system prompt in {ws.system_prompt_path}")
     for warning in dataset.warnings:
