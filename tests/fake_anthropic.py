@@ -87,6 +87,7 @@ class Produced:
     docs: tuple[str, ...]  # the batch's documents
     quote: str = ""
     sources: tuple[str, ...] = ()
+    answer: str = ""  # boundary pairs: a good and a bad one may share question, quote and sources
 
     @property
     def content(self) -> tuple[str, str, tuple[str, ...]]:
@@ -411,7 +412,8 @@ class FakeAnthropic:
         random.Random(_sha("|".join(doc_ids))).shuffle(pool)
         if kinds and all(k == "boundary" for k in kinds):
             bpairs, made = boundary_pairs(pool, len(kinds), asked_text, f, rng)
-            return bpairs, [Produced(q, fault, doc_ids, quote, sources) for q, fault, quote, sources in made]
+            return bpairs, [Produced(q, fault, doc_ids, quote, sources, pair["answer"])
+                            for (q, fault, quote, sources), pair in zip(made, bpairs, strict=True)]
         fresh = [(d, s) for d, s in pool if _phrase(s) not in asked_text]
         pairs: list[dict[str, Any]] = []
         produced: list[Produced] = []

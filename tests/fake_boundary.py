@@ -5,7 +5,7 @@
 
 A boundary question names a topic made of two words no example document uses ("tidal heraldry",
 "baroque falconry"), so her writing does not cover it; its answer declines in the first person
-and, two times in three, points to a real sentence of the batch as a verbatim quote. On request
+and, most times, points to a real sentence of the batch as a verbatim quote. On request
 (rates per pair, like the server's other faults) a pair comes out bad in one of the three ways
 the checks must catch: a question the documents answer (`boundary_answered`), an answer that
 takes a position instead of declining (`boundary_position`), or a pointer quote that is not in the
@@ -33,7 +33,7 @@ NOUNS = ["heraldry", "falconry", "cartography", "beekeeping", "astronomy", "taxi
          "bookbinding", "navigation", "perfumery", "tapestry", "shipbuilding", "clockmaking", "viticulture",
          "origami", "embroidery", "sailmaking", "puppetry", "lacquerware", "mosaics"]
 BOUNDARY_TEMPLATES = ["Have you written about {t}?", "What do you make of {t}?", "Where do you stand on {t}?"]
-PROBE_TEMPLATES = ["How would you approach {t}?", "Do you have a view on {t}?", "What would you say to someone starting {t}?"]
+PROBE_TEMPLATES = ["How would you approach {t}?", "Do you have a view on {t}?", "What is your opinion of {t}?"]
 
 
 def topic(rng: random.Random, taken: str) -> str:
@@ -79,11 +79,12 @@ def boundary_pairs(pool: Sequence[tuple[str, str]], n: int, asked_text: str, fau
     pairs, produced = [], []
     taken = asked_text
     what = _content_rng("boundary", *(d for d, _ in pool), asked_text)
-    for i in range(n):
+    for _ in range(n):
         t = topic(what, taken)
         taken += " " + t
         question = what.choice(BOUNDARY_TEMPLATES).format(t=t)
-        pointer = pool[what.randrange(len(pool))] if pool and i % 3 != 2 else None
+        near = what.random() < 0.7  # most boundary answers point to something she wrote nearby
+        pointer = pool[what.randrange(len(pool))] if pool and near else None
         pair = boundary_pair(t, pointer, question)
         roll, fault = rng.random(), None
         if roll < faults.boundary_answered and pool:

@@ -71,7 +71,7 @@ def clean_pairs(tmp_path_factory) -> set[str]:
 
 
 def test_every_fault_at_once_completes_or_names_failed_batches(clean_pairs, tmp_path):
-    seed = 3  # a seed under which all six faults occur in this small run (checked below)
+    seed = 2  # a seed under which all six faults occur in this small run (checked below)
     srv = TimeoutServer(timeout_rate=0.2, seed=seed, **HTTP_FAULTS, **REPLY_FAULTS).start()
     try:
         ws = make_workspace(tmp_path / "ws")

@@ -35,6 +35,7 @@ from .ledger import (
 from .probes import TOKENS_PER_PROBE, build_probe_request, candidates_for, read_probes
 from .requests import (
     MIN_CACHEABLE_TOKENS,
+    OUTPUT_TOKENS_PER_BOUNDARY_PAIR,
     OUTPUT_TOKENS_PER_PAIR,
     TOKENS_PER_ASKED_QUESTION,
     Price,
@@ -94,7 +95,8 @@ def estimate(
                 model=settings.model, max_tokens=settings.max_tokens, mode=mode,
             )
             prefix, rest = request_tokens(params)
-            usage = {"input_tokens": rest, "output_tokens": OUTPUT_TOKENS_PER_PAIR * rnd.n_pairs}
+            per_pair = OUTPUT_TOKENS_PER_BOUNDARY_PAIR if rnd.boundary else OUTPUT_TOKENS_PER_PAIR
+            usage = {"input_tokens": rest, "output_tokens": per_pair * rnd.n_pairs}
             if prefix < MIN_CACHEABLE_TOKENS:
                 usage["input_tokens"] += prefix
             elif cached:

@@ -29,6 +29,7 @@ TOOL_NAME = "record_pairs"
 PAIRS_PER_1000_WORDS = 9  # the seed run: ~360 pairs from ~40 documents of ~1000 words
 # Dry-run estimates: what one pair costs in output tokens, and one listed question in input.
 OUTPUT_TOKENS_PER_PAIR = 160
+OUTPUT_TOKENS_PER_BOUNDARY_PAIR = 110  # a decline and a pointer: shorter than an answer
 TOKENS_PER_ASKED_QUESTION = 20
 # Anthropic caches a prefix only from this many tokens on (1024 for Sonnet and Opus).
 MIN_CACHEABLE_TOKENS = 1024
@@ -277,9 +278,10 @@ BOUNDARY_ROUND = """\
 This round is for boundary pairs: questions a reader of these documents would plausibly ask the \
 author next, in the author's own field and register, that these documents do NOT answer. Not a \
 far-off topic (no sport, finance or physics unless that is the author's field), and not a question \
-any passage here answers, even in part: a neighbouring question the writing leaves open (another \
-case, figure, method or tradition the author never discusses). Do not rephrase a question already \
-asked. Each answer is the author declining, first person and in the author's voice: the first \
+any passage of the author's writing answers, even in part: name a neighbouring case, figure, work, \
+method, place or tradition the writing never discusses. Each question is checked against all of \
+the author's documents, and one made of their own words reads as answered and is rejected. Do \
+not rephrase a question already asked. Each answer is the author declining, first person and in the author's voice: the first \
 sentence says plainly that the author has not written about it (for example "I haven't written \
 about that."); it takes no position, guesses nothing, and invents nothing. Where the documents \
 touch something near, it then points to what the author did write, with a verbatim quote in \
