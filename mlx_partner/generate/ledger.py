@@ -9,7 +9,7 @@ A request's key (batch id @ batch hash # round / prompt version) is what makes a
 a key with an ok ledger record is never sent again. This module owns data/ledger.jsonl: one line
 per request (tokens, cost, status, source hashes) or event (`reset`, `message_batch`,
 `message_batch_done`, and `probes`: the probe request, which has no key because data/probes.jsonl
-itself says whether it is done). Lines written before the ledger carried a version read as version 1.
+itself says whether it is done). A request's line says `"boundary": true` for a boundary round. Lines written before the ledger carried a version read as version 1.
 All pure but `pair_files` and `load_active_pairs`, which only read, and `append_ledger`.
 """
 
