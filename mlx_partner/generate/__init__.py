@@ -20,7 +20,8 @@ up (each imports only those above it in this list):
   plan.py      `prepare`: settings check, what a run reads first, the dry-run estimate
   report.py    the dry-run plan, the progress line, the summary
   session.py   one run's state: each outcome -> ledger line, pairs, rejections, the next request;
-               the two phases (answer rounds, then boundary rounds) and the probe request
+               the two phases (answer rounds, then boundary rounds)
+  probing.py   the probe request of a run: due?, its request, its reply -> data/probes.jsonl
   send.py      the worker pool and the Message Batches loop (the network)
   runner.py    `run_generate`: the lock, retirement, sending, dedupe, data/sources.json
 

@@ -89,8 +89,7 @@ def run_generate(
             try:
                 send_rounds(session, client, batch_api)
                 session.dedupe_across_batches()  # before the probes, which must not repeat a pair
-                if session.probes_due():
-                    send_probes(session, client)
+                send_probes(session, client)
             finally:
                 session.progress.close()
         else:

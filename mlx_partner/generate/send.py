@@ -4,7 +4,7 @@ API, or the Message Batches API (half price), one message batch per wave of roun
     send_rounds(session, client, batch_api)   # answer rounds, then boundary rounds, either way:
     send_concurrent(session, client, plans)        # up to settings.concurrency requests in flight
     send_message_batches(session, client, plans)   # create, poll, collect; a killed run's batch is collected
-    send_probes(session, client)              # the one probe request, through the Messages API
+    send_probes(session, client)              # the one probe request (when due), through the Messages API
 
 All hand every outcome to `Session` in this (the calling) thread. `anthropic` is
 imported inside the functions that need it, so `--help` stays instant.
@@ -24,6 +24,7 @@ from ..testhooks import reached
 from ..textfmt import utc_now
 from .api import describe_api_error, redact
 from .ledger import BatchPlan, append_ledger
+from .probing import ProbeRequest
 from .session import Job, Outcome, Session
 
 
@@ -37,14 +38,17 @@ def send_rounds(session: Session, client: Any, batch_api: bool) -> None:
 
 
 def send_probes(session: Session, client: Any) -> None:
-    """The probe request, asked again (up to validation_retries times) while its reply is unusable.
-    One request: it goes through the Messages API even under --batch-api."""
+    """The probe request when it is due, asked again (up to validation_retries times) while its
+    reply is unusable. One request: it goes through the Messages API even under --batch-api."""
+    probe = ProbeRequest(session)
+    if not probe.due():
+        return
     note = ""
     for attempt in range(session.settings.validation_retries + 1):
         session.progress.status = "probe request"
         session.progress.show()
-        outcome = call(client, session.probe_params(attempt, note))
-        follow = session.handle_probes(outcome, attempt)
+        outcome = call(client, probe.params(note))
+        follow = probe.handle(outcome, attempt)
         session.progress.status = ""
         if follow is None:
             return

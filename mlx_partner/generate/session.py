@@ -11,7 +11,7 @@ phases: every batch's answer rounds, then the boundary rounds, checked against a
 calibrated once, between the two, on every answered question (so it does not depend on the order
 replies arrive in). A boundary round none of whose pairs pass is asked again, then fails alone:
 its batch's other pairs stay, and the next run sends that round only. The probe request
-(`probes.py`, `handle_probes`) comes last.
+comes last (`probing.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config import GenerateSettings
 from ..errors import GenerationError
-from ..grounding import BOUNDARY, QuestionIndex, Rejection
+from ..grounding import QuestionIndex, Rejection
 from ..textfmt import utc_now
 from ..workspace import Workspace, append_jsonl, atomic_write_jsonl, read_jsonl
 from .api import check_credentials, describe_api_error, error_message, redact, rejects_tools
@@ -39,14 +39,7 @@ from .ledger import (
     unfinished_message_batches,
 )
 from .plan import Prepared
-from .probes import (
-    PROBE_TOOL,
-    build_probe_request,
-    candidates_for,
-    read_probes,
-    review_probes,
-    write_probes,
-)
+from .probes import read_probes
 from .replies import Context, cross_batch_duplicates, parse_reply, review_pairs
 from .report import Echo, GenerateResult, Progress
 from .requests import PROMPT_VERSION, Round, build_request, price_for
@@ -193,7 +186,8 @@ class Session:
             left += sum(1 for p in self.prep.plans if p.batch.id == batch_id for r in p.todo if r.boundary)
         self.progress.done += left
 
-    def _switch_to_json(self, why: str) -> None:
+    def switch_to_json(self, why: str) -> None:
+        """From now on, ask for JSON in text (the endpoint does not do tools); said once."""
         if self.mode != "json":
             self.mode = "json"
             note = f"Switched to JSON-in-text output: {why}."
@@ -216,7 +210,7 @@ class Session:
             raws, how = parse_reply(message, job.mode)
         except ValueError as exc:
             if job.mode == "tool" and auto and "no tool call" in str(exc):
-                self._switch_to_json("the endpoint answered without the tool")
+                self.switch_to_json("the endpoint answered without the tool")
             job.attempt += 1
             if job.attempt <= self.settings.validation_retries:
                 self.log_request(job, "invalid", usage=usage, request_id=request_id, error=str(exc))
@@ -230,7 +224,7 @@ class Session:
                 self.fail(job, f"no usable reply after {job.attempt + 1} tries ({exc})")
             return None
         if how == "text-fallback" and auto:
-            self._switch_to_json("the endpoint answered in text instead of calling the tool")
+            self.switch_to_json("the endpoint answered in text instead of calling the tool")
         verdict = self._record_pairs(job, raws, usage, request_id)
         if verdict == "retry":
             return job
@@ -245,7 +239,7 @@ class Session:
         """An SDK error the SDK gave up on: switch to JSON, end the run, or fail the batch."""
         if rejects_tools(exc) and job.mode == "tool" and self.settings.output == "auto":
             self.log_request(job, "error", request_id=request_id, error=error_message(exc))
-            self._switch_to_json("the endpoint does not accept tools")
+            self.switch_to_json("the endpoint does not accept tools")
             return job
         fatal, message = describe_api_error(exc, self.base_url, self.credential)
         if fatal:
@@ -317,96 +311,6 @@ class Session:
                          rejected=len(whys))
         self.fail(job, f"{reason}, after {job.attempt + 1} tries")
         return "failed"
-
-    # -- the probe request --
-
-    def probes_due(self) -> bool:
-        """Whether to send the probe request now: wanted, and every batch through (else it waits)."""
-        if not self.prep.probes_todo:
-            return False
-        if self.result.failed:
-            self.result.probes_waiting = True
-            self.progress.done += 1
-            return False
-        return True
-
-    def probe_params(self, attempt: int = 0, retry_note: str = "") -> dict[str, Any]:
-        """The probe request, listing every question in data/pairs/ (after this run's)."""
-        pairs = [p for batch in load_active_pairs(self.ws).values() for p in batch]
-        boundary = [p["question"] for p in pairs if p.get("type") == BOUNDARY]
-        return build_probe_request(
-            self.prep.docs, self.prep.profile, answerable_questions(pairs), boundary, candidates_for(self.prep.probes_todo),
-            model=self.settings.model, max_tokens=self.settings.max_tokens, mode=self.mode, retry_note=retry_note,
-        )
-
-    def _log_probes(self, result: str, attempt: int, usage: Mapping[str, Any] | None = None, **extra: Any) -> None:
-        """The probe request's ledger line: an event (data/probes.jsonl itself says it is done)."""
-        usage = {k: int((usage or {}).get(k) or 0) for k in
-                 ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
-        cost = self.price.cost(usage)  # sent through the Messages API, whatever --batch-api says
-        if "error" in extra:
-            extra["error"] = redact(str(extra["error"]))
-        append_ledger(self.ws, [{"event": "probes", "result": result, "attempt": attempt, "model": self.settings.model,
-                                 "prompt_version": PROMPT_VERSION, "mode": self.mode, "batch_api": False, **usage,
-                                 "cost_usd": round(cost, 6), **extra, "time": utc_now()}])
-        self.result.usage.update(usage)
-        self.result.cost += cost
-        self.result.requests += 1
-        self.progress.tokens += sum(usage.values())
-
-    def handle_probes(self, outcome: Outcome, attempt: int) -> str | None:
-        """Record the probe request's outcome: None when it is through (written, or failed), or
-        the note to ask again with."""
-        kind, value, request_id = outcome
-        retries_left = attempt < self.settings.validation_retries
-        if kind == "error":
-            if rejects_tools(value) and self.mode == "tool" and self.settings.output == "auto":
-                self._log_probes("error", attempt, request_id=request_id, error=error_message(value))
-                self._switch_to_json("the endpoint does not accept tools")
-                return "the endpoint does not accept tools"
-            fatal, message = describe_api_error(value, self.base_url, self.credential)
-            if fatal:
-                raise GenerationError(redact(message))
-            return self._probes_failed(attempt, message, request_id=request_id)
-        usage = value.get("usage") or {}
-        try:
-            candidates, _how = parse_reply(value, self.mode, tool=PROBE_TOOL, field="questions")
-        except ValueError as exc:
-            if retries_left:
-                self._log_probes("invalid", attempt, usage, request_id=request_id, error=str(exc))
-                return str(exc)
-            return self._probes_failed(attempt, f"no usable reply after {attempt + 1} tries ({exc})", usage, request_id)
-        check = self.calibrate()
-        index = QuestionIndex()
-        for pairs in load_active_pairs(self.ws).values():
-            for p in pairs:
-                index.add(p["question"])
-        accepted, rejected = review_probes(candidates, check, index, self.prep.probes_todo,
-                                           model=self.settings.model, created=utc_now())
-        self.result.probes_tried += len(candidates)
-        self.result.probes_rejected.update(r["reason"] for r in rejected)
-        if accepted:
-            write_probes(self.ws, accepted)  # first: once it exists, the probes are done
-        append_jsonl(self.ws.rejected_path, [{**r, "attempt": attempt} for r in rejected])
-        if accepted:
-            self._log_probes("ok", attempt, usage, request_id=request_id, written=len(accepted), tried=len(candidates),
-                             threshold=check.threshold)
-            self.result.probes_written = len(accepted)
-            self.progress.done += 1
-            return None
-        reason = "no probe question passed the checks (" + ", ".join(
-            f"{n} {code}" for code, n in sorted(Counter(r["reason"] for r in rejected).items())) + ")"
-        if retries_left:
-            self._log_probes("invalid", attempt, usage, request_id=request_id, error=reason, tried=len(candidates))
-            return f"{reason}; write questions the documents do not answer"
-        return self._probes_failed(attempt, f"{reason}, after {attempt + 1} tries", usage, request_id)
-
-    def _probes_failed(self, attempt: int, reason: str, usage: Mapping[str, Any] | None = None,
-                       request_id: str | None = None) -> None:
-        self._log_probes("failed", attempt, usage, request_id=request_id, error=reason)
-        self.result.probes_failed = redact(reason)
-        self.progress.done += 1
-        return None
 
     # -- after the requests --
 
