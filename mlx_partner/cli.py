@@ -583,8 +583,7 @@ def models_list() -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Write here instead of models/<run>/.")
 @click.option("--gguf", "export_gguf", is_flag=True,
               help="Also write <run>.gguf (float16) and an Ollama Modelfile, for llama.cpp, LM Studio and Ollama: "
-                   "llama and qwen2 models with a byte-level BPE tokenizer (SmolLM2, Llama 3.x, Qwen2.5), and "
-                   "SentencePiece llama/mistral/mixtral.")
+                   "llama and qwen2 models with a byte-level BPE tokenizer (SmolLM2, Llama 3.x, Qwen2.5).")
 @click.option("--quantize", is_flag=True, help="Re-quantize like a 4/8-bit base, kept only if the check still passes.")
 @click.option("--tolerance", type=click.FloatRange(min=0), help="Largest accepted logit difference from the adapter.  [default: 0.01 in float32]")
 @pass_app
@@ -650,7 +649,13 @@ def serve(app: App, run_name: str | None, host: str | None, port: int | None) ->
     else:
         click.echo(f"Warning: listening on {plan.host}: anyone who can reach this machine on port {plan.port} can use "
                    f"the partner; there is no authentication. Ctrl-C stops it.", err=True)
-    run_serve(plan)
+    run_serve(plan)  # returns after Ctrl-C, the server shut down
+    click.echo("Stopped.", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without running MLX's C++ destructors: after mlx-lm's server they abort the process
+    # ("terminate called without an active exception", exit -6), as `mlx_lm.server` does itself.
+    os._exit(0)
 
 
 # --- eval / retrain / runs ---------------------------------------------------------------------

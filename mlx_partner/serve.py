@@ -108,7 +108,7 @@ def _fused_model(ws: Workspace, run_name: str | None) -> tuple[str, Path]:
         record = json.loads((fused / SIDECAR).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         record = {}
-    if not record.get("default_system_prompt"):
+    if "default_system_prompt" not in record:  # False: the run has no system prompt to default to
         raise ModelError(f"models/{run}/ was fused before its chat template carried the partner's system prompt, so "
                          f"apps that send none would not get it; fuse it again with {fix}, then serve again.")
     return run, fused

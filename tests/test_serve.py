@@ -135,6 +135,34 @@ def test_a_clients_system_message_still_wins(fused_ws):
     assert reply["usage"]["prompt_tokens"] == len(encode_prompt(tok, render_prompt(tok, messages, True)))
 
 
+def test_ctrl_c_stops_it_cleanly(fused_ws, tmp_path):
+    """SIGINT, as Ctrl-C sends it: "Stopped.", exit 0 (mlx-lm's own server aborts here, exit -6)."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "mlx_partner", "-w", str(fused_ws), "serve", "--port", str(port)],
+                                stdout=o, stderr=e, env=cli_env(None, key=None),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, err.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert err.read_text().rstrip().endswith("Stopped.")
+
+
 def test_port_in_use_is_one_line(fused_ws):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -82,6 +82,7 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+LLAMA3_SPLIT = QWEN2_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")  # Llama 3's: digits in threes
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 # Qwen2.5-Instruct's chat template, as its tokenizer_config.json has it.
 QWEN25_TEMPLATE = r"""{%- if tools %}
@@ -151,9 +152,10 @@ def training_text() -> list[str]:
     return texts
 
 
-def train_tokenizer(path: Path, specials: list[str], vocab_size: int, qwen2: bool = False):
-    """A byte-level BPE trained on `training_text()`, saved as path/tokenizer.json (GPT-2's
-    pre-tokenizer, or Qwen2's: its split regex, then byte-level without a regex, NFC first)."""
+def train_tokenizer(path: Path, specials: list[str], vocab_size: int, pre: str = "gpt2"):
+    """A byte-level BPE trained on `training_text()`, saved as path/tokenizer.json. `pre`: GPT-2's
+    pre-tokenizer; "qwen2": Qwen2's split regex, then byte-level without a regex, NFC first;
+    "llama3": Llama 3's split regex (digits in threes) and its whole-word lookup (ignore_merges)."""
     from tokenizers import (
         Regex,
         Tokenizer,
@@ -165,11 +167,12 @@ def train_tokenizer(path: Path, specials: list[str], vocab_size: int, qwen2: boo
         trainers,
     )
 
-    tokenizer = Tokenizer(models.BPE())
-    if qwen2:
-        tokenizer.normalizer = normalizers.NFC()
+    tokenizer = Tokenizer(models.BPE(ignore_merges=pre == "llama3"))
+    if pre in ("qwen2", "llama3"):
+        if pre == "qwen2":
+            tokenizer.normalizer = normalizers.NFC()
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT if pre == "qwen2" else LLAMA3_SPLIT), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
         ])
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -199,8 +202,10 @@ def save_model(path: Path, model, config: dict, tokenizer_config: dict) -> Path:
     return path
 
 
-def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512, seed: int = 0) -> Path:
-    """Write a tiny random llama model folder at `path` and return it ("qwen2": `build_tiny_qwen2`)."""
+def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512, seed: int = 0,
+                     pre: str = "gpt2", rope_scaling: dict | None = None) -> Path:
+    """Write a tiny random llama model folder at `path` and return it ("qwen2": `build_tiny_qwen2`).
+    `pre` and `rope_scaling` make it more like Llama 3.x (pre="llama3", rope_type "llama3")."""
     import mlx.core as mx
     from mlx_lm.models import llama
 
@@ -209,7 +214,7 @@ def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512
     spec = TEMPLATES[template]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(path, spec["specials"], vocab_size)
+    tokenizer = train_tokenizer(path, spec["specials"], vocab_size, pre=pre)
 
     eos_id = tokenizer.token_to_id(spec["eos"])
     bos_id = tokenizer.token_to_id(spec["bos"]) if spec["bos"] else None
@@ -225,6 +230,7 @@ def build_tiny_model(path: Path, template: str = "chatml", vocab_size: int = 512
         "max_position_embeddings": 2048,
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,
+        **({"rope_scaling": rope_scaling} if rope_scaling else {}),
         "eos_token_id": eos_id,
         "bos_token_id": bos_id,
         "torch_dtype": "float32",
@@ -252,7 +258,7 @@ def build_tiny_qwen2(path: Path, vocab_size: int = 512, seed: int = 0) -> Path:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size, qwen2=True)
+    tokenizer = train_tokenizer(path, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], vocab_size, pre="qwen2")
     # Qwen's tool-call markers are added tokens that are not special (llama.cpp: USER_DEFINED).
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<tool_call>", "</tool_call>")])
     tokenizer.save(str(path / "tokenizer.json"))

@@ -7,17 +7,16 @@ Ollama Modelfile beside it.
 
 llama and qwen2 models with a byte-level BPE tokenizer (SmolLM2, Llama 3.x, Qwen2.5) go through
 our exporter (`gguf.writer`, llama.cpp's `gguf` package), which carries the chat template with the
-partner's system prompt as its default. SentencePiece llama/mistral/mixtral models go through
-mlx-lm's exporter, which writes no chat template. Anything else is refused up front with the
-reason, and the MLX folder is still fused.
+partner's system prompt as its default. Anything else is refused up front with the reason, and the
+MLX folder is still fused. That includes SentencePiece models (Llama 2, Mistral): mlx-lm's own
+exporter writes them a file that llama.cpp refuses to load ("invalid gguf type for
+tokenizer.ggml.token_type", measured with the llama.cpp that llama-cpp-python 0.3.36 vendors), and
+a faithful one needs the model's tokenizer.model, which fused folders do not keep.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,22 +27,13 @@ from ..gguf.writer import SUPPORTED_ARCHITECTURES, export_blocker, export_gguf
 from ..workspace import atomic_write_text
 from .modelfile import modelfile_text, stop_tokens, turn_format
 
-SENTENCEPIECE_ARCHITECTURES = ("llama", "mistral", "mixtral")  # through mlx-lm's exporter
 MODELFILE = "Modelfile"
 
 
 @dataclass(frozen=True)
 class GGUFPlan:
-    route: str | None  # "gguf" (ours), "mlx-lm" (SentencePiece), or None: cannot be exported
+    route: str | None  # "gguf" (ours), or None: cannot be exported
     reason: str = ""  # why not, when route is None
-
-
-def _sentencepiece(model_dir: Path) -> bool:
-    try:
-        tok = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return (model_dir / "tokenizer.model").exists()
-    return bool((tok.get("model") or {}).get("byte_fallback")) or "Metaspace" in json.dumps(tok.get("pre_tokenizer"))
 
 
 def plan_gguf(base_path: Path, config: dict[str, Any]) -> GGUFPlan:
@@ -51,18 +41,14 @@ def plan_gguf(base_path: Path, config: dict[str, Any]) -> GGUFPlan:
     if importlib.util.find_spec("gguf") is None:
         return GGUFPlan(None, "llama.cpp's gguf package is not installed (pip install gguf)")
     reason = export_blocker(base_path, config)
-    if reason is None:
-        return GGUFPlan("gguf")
-    if config.get("model_type") in SENTENCEPIECE_ARCHITECTURES and _sentencepiece(base_path):
-        return GGUFPlan("mlx-lm")
-    return GGUFPlan(None, reason)
+    return GGUFPlan("gguf") if reason is None else GGUFPlan(None, reason)
 
 
 def refusal_line(plan: GGUFPlan, run: str) -> str:
     """The one line `fuse` prints when --gguf cannot be done, before any work."""
-    return (f"--gguf: not exporting, {plan.reason} (supported: {', '.join(SUPPORTED_ARCHITECTURES)} with byte-level "
-            f"BPE; SentencePiece {', '.join(SENTENCEPIECE_ARCHITECTURES)}). The MLX model is fused all the same; "
-            f"llama.cpp's convert_hf_to_gguf.py may convert models/{run}/.")
+    return (f"--gguf: not exporting, {plan.reason} (supported: {', '.join(SUPPORTED_ARCHITECTURES)} with a byte-level "
+            f"BPE tokenizer, e.g. SmolLM2, Llama 3.x, Qwen2.5). The MLX model is fused all the same; llama.cpp's "
+            f"convert_hf_to_gguf.py may convert models/{run}/.")
 
 
 def export_gguf_file(model_dir: Path, model: Any | None, config: dict[str, Any], run: str,
@@ -72,34 +58,15 @@ def export_gguf_file(model_dir: Path, model: Any | None, config: dict[str, Any],
     from mlx.utils import tree_flatten
 
     path = model_dir / f"{run}.gguf"
+    if plan.route != "gguf":
+        raise ModelError(f"--gguf: not exporting, {plan.reason}.")
     params = dict(tree_flatten(model.parameters())) if model is not None else None
     cfg = {k: v for k, v in config.items() if k not in ("quantization", "quantization_config")}
-    if plan.route == "gguf":
-        exported = export_gguf(model_dir, path, weights=params, config=cfg)
-        template = ("with its chat template (the partner's system prompt by default)" if exported.chat_template
-                    else "without a chat template (the model has none)")
-        return path, (f"Wrote {path.name} (float16 {exported.architecture}, byte-level BPE '{exported.pre_tokenizer}' "
-                      f"tokenizer, {template}).")
-    return _mlx_lm_export(model_dir, path, params, cfg)
-
-
-def _mlx_lm_export(model_dir: Path, path: Path, params: dict[str, Any] | None, cfg: dict[str, Any]) -> tuple[Path, str]:
-    """SentencePiece llama/mistral/mixtral: mlx-lm's exporter, which writes this vocabulary."""
-    import mlx.core as mx
-    from mlx_lm.gguf import convert_to_gguf
-
-    if params is None:
-        params = {}
-        for shard in sorted(model_dir.glob("model*.safetensors")):
-            params.update(mx.load(str(shard)))
-    weights = {k: v.astype(mx.float16) if v.ndim > 1 else v for k, v in params.items()}
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # it prints progress; our stdout is for results
-            convert_to_gguf(model_dir, weights, cfg, str(path))
-    except Exception as exc:
-        raise ModelError(f"--gguf: mlx-lm's exporter failed ({type(exc).__name__}: {exc}); the fused mlx model was not written either.") from None
-    return path, (f"Wrote {path.name} (float16) with mlx-lm's exporter. Caveat: it carries no chat template; "
-                  f"the Modelfile beside it gives Ollama one, other apps need the model's template set by hand.")
+    exported = export_gguf(model_dir, path, weights=params, config=cfg)
+    template = ("with its chat template (the partner's system prompt by default)" if exported.chat_template
+                else "without a chat template (the model has none)")
+    return path, (f"Wrote {path.name} (float16 {exported.architecture}, byte-level BPE '{exported.pre_tokenizer}' "
+                  f"tokenizer, {template}).")
 
 
 def _render(tokenizer: Any):

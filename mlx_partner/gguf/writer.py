@@ -72,7 +72,10 @@ def export_blocker(model_dir: Path, config: dict[str, Any]) -> str | None:
                 f"with a byte-level BPE tokenizer)")
     tok = _read_json(model_dir / "tokenizer.json")
     model = tok.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (tok.get("decoder") or {}).get("type") != "ByteLevel":
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return ("it has a SentencePiece-style tokenizer (byte fallback: Llama 2, Mistral), which this exporter does not "
+                "write (mlx-lm's exporter writes one llama.cpp refuses to load)")
+    if model.get("type") != "BPE" or (tok.get("decoder") or {}).get("type") != "ByteLevel":
         return "its tokenizer is not a byte-level BPE (tokenizer.json), the kind this exporter writes"
     if pre_tokenizer_name(tok) is None:
         return (f"its tokenizer is not a byte-level BPE that llama.cpp knows (its pre-tokenizer is none of "
