@@ -20,6 +20,7 @@ iteration is on record.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def hook_dir(tmp_path_factory) -> Path:
 
 def child_env(hook_dir: Path, home: Path, **extra: str) -> dict[str, str]:
     # One BLAS thread: the baseline and the chain compute alike, whatever else the machine is doing.
-    return cli_env(None, key=None, RELIABILITY_HALF_SAVE="1", PYTHONPATH=str(hook_dir), OPENBLAS_NUM_THREADS="1",
+    path = os.pathsep.join(p for p in (str(hook_dir), os.environ.get("PYTHONPATH", "")) if p)
+    return cli_env(None, key=None, RELIABILITY_HALF_SAVE="1", PYTHONPATH=path, OPENBLAS_NUM_THREADS="1",
                    MLX_PARTNER_HOME=str(home), **extra)
 
 
