@@ -269,13 +269,16 @@ def _mix_option(ctx: click.Context, param: click.Parameter, value: str | None) -
 @setting("--probes", key="generate.probes", type=click.IntRange(min=0, max=100))
 @setting("--concurrency", key="generate.concurrency", type=click.IntRange(min=1, max=64))
 @setting("--output", key="generate.output", type=click.Choice(["auto", "tool", "json"]))
+@setting("--context-tokens", key="generate.context_tokens", type=click.IntRange(min=0))
+@setting("--timeout", key="generate.timeout", type=click.FloatRange(min=1))
+@setting("--generator", key="generate.generator", metavar="anthropic|mlx:MODEL")
 @click.option("--batch-api", is_flag=True, help="Send through the Message Batches API: half price, slower.")
 @click.option("--dry-run", is_flag=True, help="Print the plan, tokens and estimated cost; send nothing.")
 @click.option("--force", is_flag=True, help="Regenerate everything: retire current pairs and send every request again.")
 @pass_app
 def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_round: int | None, mix: dict | None,
-             probes: int | None, concurrency: int | None, output: str | None, batch_api: bool, dry_run: bool,
-             force: bool) -> None:
+             probes: int | None, concurrency: int | None, output: str | None, context_tokens: int | None,
+             timeout: float | None, generator: str | None, batch_api: bool, dry_run: bool, force: bool) -> None:
     """Write grounded question/answer pairs in your voice from your documents, with Claude.
 
     Documents go in thematic batches; each batch is asked in rounds for genuine questions,
@@ -286,33 +289,44 @@ def generate(app: App, model: str | None, pairs_total: int | None, pairs_per_rou
     writes near-domain probe questions for `eval` to data/probes.jsonl (never trained on).
     A run that stops (or is killed) continues where it left off; changed documents are
     regenerated and the pairs citing them retired. Reads ANTHROPIC_API_KEY (or
-    ANTHROPIC_AUTH_TOKEN) and ANTHROPIC_BASE_URL from the environment.
+    ANTHROPIC_AUTH_TOKEN) and ANTHROPIC_BASE_URL from the environment. A local endpoint
+    (Ollama, llama-server on 127.0.0.1) needs no key and costs nothing; batches are sized to
+    its context window, one request at a time (see docs/LOCAL.md). `--generator mlx:MODEL` (a
+    hub id, a folder or a `models list` name) writes them with an mlx-lm model in this process.
 
     \b
     Example:
       mlx-partner generate --dry-run           # the plan and its cost, nothing sent
       export ANTHROPIC_API_KEY=...             # never put the key in partner.toml
       mlx-partner generate --concurrency 8
+      ANTHROPIC_BASE_URL=http://127.0.0.1:8080 mlx-partner generate --model local   # llama-server
+      mlx-partner generate --generator mlx:mlx-community/Qwen2.5-7B-Instruct-4bit      # in process
     """
-    from .generate.plan import prepare
-    from .generate.report import format_plan, format_summary
+    from .generate.plan import configure_endpoint, prepare
+    from .generate.report import format_plan, format_summary, nothing_accepted
     from .generate.runner import run_generate
 
     settings = app.settings.override(
         "generate", model=model, pairs_total=pairs_total, pairs_per_round=pairs_per_round, mix=mix,
-        probes=probes, concurrency=concurrency, output=output,
+        probes=probes, concurrency=concurrency, output=output, context_tokens=context_tokens, timeout=timeout,
+        generator=generator,
     )
     if dry_run:
-        prep = prepare(app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api)
+        endpoint, gen, src, notes = configure_endpoint(app.workspace, settings.generate, settings.sources, os.environ,
+                                                       batch_api=batch_api)
+        prep = prepare(app.workspace, gen, src, force=force, batch_api=batch_api, endpoint=endpoint, notes=notes)
         for line in prep.skipped_lines(app.workspace.sources_dir):
             click.echo(line, err=True)
-        click.echo(format_plan(prep, settings.generate, batch_api))
+        click.echo(format_plan(prep, gen, batch_api))
         return
     result = run_generate(  # takes the workspace lock itself
         app.workspace, settings.generate, settings.sources, force=force, batch_api=batch_api,
         echo=lambda line: click.echo(line, err=True),
     )
     click.echo(format_summary(result))
+    if nothing := nothing_accepted(result):  # every pair rejected: one line says so, and it fails
+        click.echo(nothing)
+        sys.exit(1)
     if not result.complete:  # a batch, a boundary round or the probe request failed: the next run finishes it
         sys.exit(1)
 

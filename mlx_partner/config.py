@@ -40,6 +40,8 @@ class SourcesSettings:
 class GenerateSettings:
     # claude-sonnet-4-5 is deprecated in the anthropic SDK (end of life November 30th, 2026).
     model: str = _f("claude-sonnet-5-5", "Generator model, e.g. claude-sonnet-5-5, claude-haiku-4-5, or glm-4.6 behind ANTHROPIC_BASE_URL.")
+    generator: str = _f("anthropic", "Who writes the pairs: 'anthropic' (the Messages API at ANTHROPIC_BASE_URL, with --model) "
+                        "or 'mlx:<model>' (an mlx-lm model in this process: a hub id, a folder or a `models list` name).")
     pairs_total: int = _f(0, "Pairs to generate in all (0 = about 9 per 1000 source words, the seed run's scale).")
     pairs_per_round: int = _f(8, "Pairs asked for in one request.")
     mix: dict = _f({"genuine": 0.44, "scenario": 0.22, "pushback": 0.22, "boundary": 0.12},
@@ -52,6 +54,8 @@ class GenerateSettings:
     validation_retries: int = _f(2, "Times a reply that fails validation is asked again.")
     output: str = _f("auto", "Structured output: 'tool' (forced tool use), 'json' (JSON in text) or 'auto'.")
     poll_interval: float = _f(10.0, "Seconds between status checks of a Message Batch (--batch-api).")
+    local: str = _f("auto", "Local endpoint (no price, no Message Batches, its own context window, one request at a time): 'auto' (a loopback ANTHROPIC_BASE_URL that says it is llama-server or Ollama), 'yes' or 'no'.")
+    context_tokens: int = _f(0, "The endpoint's context window in tokens; batches and replies are sized to fit (0 = ask a local server, else none).")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ makes them bad on request (boundary_answered, boundary_position, boundary_invent
 probe_answered, probe_none). The faults for pairs of the other kinds (invented, wrong_source,
 duplicate, quote_noise) leave boundary pairs alone, so each fault is one the test asked for.
 
+`configure(local=True)` makes it behave like llama-server: GET /props gives n_ctx, usage has no
+cache fields, the Message Batches endpoints are 404 and a request over the window is a 400;
+`no_tools` (tools refused, 400) or `loose_tools` (malformed tool input) on top.
+
 Token counts are crude on purpose, 4 characters a token (the same rule the dry-run estimator
 uses), and prompt caching is simulated: with cache_control present, the prefix up to the last
 marked block is "written" the first time it is seen and "read" afterwards, from 1024 tokens on.
@@ -76,6 +80,11 @@ class Faults:
     boundary_none: bool = False  # boundary rounds answered with an empty pairs list
     probe_answered: float = 0.0  # probe question the documents answer
     probe_none: bool = False  # the probe request answered with an empty questions list
+    # "local" mode, like llama-server: GET /props says n_ctx; no prompt cache (no cache fields in
+    # usage); no Message Batches (404); a prompt + max_tokens over n_ctx is refused (400)
+    local: bool = False
+    n_ctx: int = 8192
+    loose_tools: bool = False  # every tool call's input is malformed; JSON in text is fine
 
 
 @dataclass
@@ -274,8 +283,12 @@ class FakeAnthropic:
             given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
             if given != f.api_key:
                 return 401, api_error("authentication_error", "invalid x-api-key"), {}, None
+        if f.local and method == "GET" and path == "/props":
+            return 200, {"default_generation_settings": {"n_ctx": f.n_ctx}, "total_slots": 1}, {}, None
         if method == "POST" and path == "/v1/messages":
             return self._messages(body, f)
+        if f.local:
+            return 404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}, {}, None
         if method == "POST" and path == "/v1/messages/batches":
             return self._create_batch(body, f)
         m = re.fullmatch(r"/v1/messages/batches/([^/]+)(/results)?", path)
@@ -301,6 +314,9 @@ class FakeAnthropic:
                 return 529, api_error("overloaded_error", "overloaded"), headers, None
         if f.no_tools and body.get("tools"):
             return 400, api_error("invalid_request_error", "tools are not supported by this model"), {}, None
+        if f.local and (n := self.usage(body)["input_tokens"]) + int(body.get("max_tokens") or 0) > f.n_ctx:
+            message = f"request ({n} tokens + max_tokens {body.get('max_tokens')}) exceeds the available context size ({f.n_ctx} tokens)"
+            return 400, api_error("invalid_request_error", message), {}, None
         message = self.reply(body, f, key)
         return 200, message, {"request-id": "req_" + key[:20]}, None
 
@@ -318,7 +334,7 @@ class FakeAnthropic:
             for block in _blocks(message.get("content", "")):
                 parts.append((block.get("text", ""), "cache_control" in block))
         marks = [i for i, (_, marked) in enumerate(parts) if marked]
-        if not marks:
+        if not marks or self.faults.local:  # a local server has no prompt cache
             return {"input_tokens": _tokens("".join(t for t, _ in parts))}
         prefix = "".join(t for t, _ in parts[: marks[-1] + 1])
         rest = "".join(t for t, _ in parts[marks[-1] + 1 :])
@@ -354,7 +370,7 @@ class FakeAnthropic:
         use_tool = bool(body.get("tools")) and not f.text_only
         stop = "tool_use" if use_tool else "end_turn"
         roll = rng.random()
-        malformed = roll < f.malformed
+        malformed = roll < f.malformed or (use_tool and f.loose_tools)
         truncated = not malformed and roll < f.malformed + f.truncated
         if use_tool:
             tool = body.get("tool_choice", {}).get("name") or body["tools"][0]["name"]

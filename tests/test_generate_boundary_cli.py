@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_generate_cli import KEY, REPO, billed, generate, ledger, messages_sent, pairs
+from test_generate_cli import KEY, REPO, api_calls, billed, generate, ledger, messages_sent, pairs
 
 from mlx_partner.decline import opens_with_decline
 from mlx_partner.generate.boundary import absence_check, answerable_questions
@@ -250,7 +250,7 @@ def test_a_boundary_question_that_repeats_a_probe_is_held_out(ws, api, tmp_path)
 def test_dry_run_without_a_boundary_share(ws, api):
     result = generate(ws, "--dry-run", "--mix", "genuine=0.5,scenario=0.25,pushback=0.25")
     assert result.exit_code == 0 and "Boundary rounds: none (the mix gives boundary pairs no share)." in result.stdout
-    assert "Probe request: 1" in result.stdout and api.requests == []
+    assert "Probe request: 1" in result.stdout and api_calls(api) == []
 
 
 def test_a_workspace_generated_before_boundary_pairs_is_asked_for_boundary_rounds_only(ws, api):

@@ -16,6 +16,8 @@ up (each imports only those above it in this list):
   replies.py   a reply -> pair records, checked (`parse_reply`, `review_pairs`)
   api.py       credentials, redaction, SDK errors -> one plain sentence
   ledger.py    data/ledger.jsonl and the pairs on disk -> what is left to do (`plan_generation`)
+  local.py     local endpoints (llama-server, Ollama on loopback): no key, no price, the server's
+               context window, one-machine defaults, the dry run's time estimate
   probes.py    the probe request, its review, data/probes.jsonl (`read_probes`: what eval reads)
   plan.py      `prepare`: settings check, what a run reads first, the dry-run estimate
   report.py    the dry-run plan, the progress line, the summary

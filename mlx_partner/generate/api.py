@@ -19,13 +19,16 @@ from ..errors import GenerationError
 SECRET_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 
 
-def check_credentials(environ: Mapping[str, str]) -> str:
-    """The variable that holds the credential; a GenerationError before any work if there is none."""
+def check_credentials(environ: Mapping[str, str], loopback: bool = False) -> str:
+    """The variable that holds the credential, or "" for a loopback endpoint (it needs none); a
+    GenerationError before any work if there is none."""
     for name in SECRET_VARS:
         if environ.get(name, "").strip():
             return name
     if environ.get("ANTHROPIC_PROFILE"):
         return "ANTHROPIC_PROFILE"
+    if loopback:
+        return ""
     raise GenerationError(
         "No API credential is set: export ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN for an "
         "Anthropic-compatible endpoint, with ANTHROPIC_BASE_URL), or use --dry-run to see the plan."
@@ -50,7 +53,7 @@ def describe_api_error(exc: BaseException, base_url: str, credential: str) -> tu
     rid = getattr(exc, "request_id", None)
     where = f" (request id {rid})" if rid else ""
     if isinstance(exc, anthropic.AuthenticationError):
-        what = "API key in ANTHROPIC_API_KEY" if credential == "ANTHROPIC_API_KEY" else f"credential in {credential}"
+        what = "API key in ANTHROPIC_API_KEY" if credential == "ANTHROPIC_API_KEY" else f"credential in {credential or 'no variable (none is set)'}"
         return True, f"The {what} was rejected (401) by {base_url}; check it and run again."
     if isinstance(exc, anthropic.PermissionDeniedError):
         return True, f"The credential in {credential} may not use this model or endpoint (403) at {base_url}{where}."

@@ -32,6 +32,8 @@ from .ledger import (
     plan_generation,
     stale_pairs,
 )
+from .local import Endpoint, fit_to_endpoint, measured_rate, resolve_endpoint
+from .local_mlx import mlx_endpoint, mlx_model_ref
 from .probes import TOKENS_PER_PROBE, build_probe_request, candidates_for, read_probes
 from .requests import (
     MIN_CACHEABLE_TOKENS,
@@ -75,14 +77,17 @@ def estimate(
     *,
     batch_api: bool = False,
     probes: int = 0,
+    price: Price | None = None,
 ) -> Estimate:
     """Tokens and cost of the rounds still to send, counted on the very requests that will go out,
     and of the probe request when `probes` are to be written (always at the Messages API's price).
 
-    Questions of rounds not yet answered are unknown; each is counted as a typical question.
+    Questions of rounds not yet answered are unknown; each is counted as a typical question. A
+    local endpoint (`price` LOCAL_PRICE) caches nothing: its prefix counts as plain input.
     """
     mode = "json" if settings.output == "json" else "tool"
-    price = price_for(settings.model)
+    caching = price is None
+    price = price or price_for(settings.model)
     totals = Counter()
     placeholder = "x" * (4 * TOKENS_PER_ASKED_QUESTION - 3)
     for plan in plans:
@@ -97,7 +102,7 @@ def estimate(
             prefix, rest = request_tokens(params)
             per_pair = OUTPUT_TOKENS_PER_BOUNDARY_PAIR if rnd.boundary else OUTPUT_TOKENS_PER_PAIR
             usage = {"input_tokens": rest, "output_tokens": per_pair * rnd.n_pairs}
-            if prefix < MIN_CACHEABLE_TOKENS:
+            if prefix < MIN_CACHEABLE_TOKENS or not caching:
                 usage["input_tokens"] += prefix
             elif cached:
                 usage["cache_read_input_tokens"] = prefix
@@ -150,6 +155,9 @@ class Prepared:
     probes_todo: int = 0  # probe questions the probe request is to write (0: none to send)
     probes_kept: int = 0  # probes already in data/probes.jsonl
     answered: int = 0  # answer-kind questions on disk: what the absence check is calibrated on
+    endpoint: Endpoint | None = None  # where the requests go (None: not resolved, a cloud API)
+    measured_rate: float = 0.0  # output tokens/s earlier runs measured at a local endpoint
+    notes: tuple[str, ...] = ()  # what was chosen for the endpoint (defaults, context sizing)
 
     def skipped_lines(self, sources_dir: Path) -> list[str]:
         """One "Skipped <path>: <reason>" line per file left out, for stderr (as `dataset` names bad lines)."""
@@ -178,6 +186,20 @@ def check_settings(settings: GenerateSettings) -> None:
     normalise_mix(settings.mix)
 
 
+def configure_endpoint(ws: Workspace, settings: GenerateSettings, sources: SourcesSettings, environ: Mapping[str, str],
+                       *, batch_api: bool = False) -> tuple[Endpoint, GenerateSettings, SourcesSettings, list[str]]:
+    """The run's endpoint (a loopback server is asked what it is) and the settings fitted to it:
+    local defaults, batches and replies sized to its context window. Refuses --batch-api locally."""
+    check_settings(settings)
+    if mlx_model_ref(settings.generator) is not None:  # the in-process MLX generator (local_mlx.py)
+        return mlx_endpoint(ws, settings, sources, batch_api=batch_api, profile=load_profile(ws))
+    endpoint = resolve_endpoint(environ, settings)
+    if batch_api and endpoint.local:
+        raise ConfigError(f"--batch-api needs the Message Batches API, which the local endpoint {endpoint.url} does not have; run without it.")
+    settings, sources, notes = fit_to_endpoint(endpoint, settings, sources, load_profile(ws) if endpoint.context_tokens else "")
+    return endpoint, settings, sources, notes
+
+
 def prepare(
     ws: Workspace,
     settings: GenerateSettings,
@@ -185,6 +207,8 @@ def prepare(
     *,
     force: bool = False,
     batch_api: bool = False,
+    endpoint: Endpoint | None = None,
+    notes: Sequence[str] = (),
 ) -> Prepared:
     """Check the settings and read the workspace: what a run would send, and its estimate."""
     check_settings(settings)
@@ -218,10 +242,14 @@ def prepare(
         active=active,
         stale=tuple(stale),
         done=done,
-        estimate=estimate(plans, docs, profile, active, done, settings, batch_api=batch_api, probes=probes),
+        estimate=estimate(plans, docs, profile, active, done, settings, batch_api=batch_api, probes=probes,
+                          price=endpoint.price if endpoint else None),
         previous_hashes=previous,
         skipped=tuple(skipped),
         probes_todo=probes,
         probes_kept=len(kept_probes),
         answered=len(answerable_questions(p for pairs in active.values() for p in pairs)),
+        endpoint=endpoint,
+        measured_rate=measured_rate(ledger, endpoint.url) if endpoint and endpoint.local else 0.0,
+        notes=tuple(notes),
     )

@@ -57,14 +57,16 @@ class ProbeRequest:
 
     def _log(self, result: str, attempt: int, usage: Mapping[str, Any] | None = None, **extra: Any) -> None:
         """The probe request's ledger line: an event (data/probes.jsonl itself says it is done)."""
-        usage = {k: int((usage or {}).get(k) or 0) for k in
-                 ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
+        usage = {k: int((usage or {}).get(k) or 0) for k in  # cache fields only where the endpoint sends them
+                 ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+                 if not self.s.local or k in ("input_tokens", "output_tokens") or (usage or {}).get(k) is not None}
         cost = self.s.price.cost(usage)  # sent through the Messages API, whatever --batch-api says
         if "error" in extra:
             extra["error"] = redact(str(extra["error"]))
         append_ledger(self.s.ws, [{"event": "probes", "result": result, "attempt": attempt, "model": self.s.settings.model,
                                    "prompt_version": PROMPT_VERSION, "mode": self.s.mode, "batch_api": False, **usage,
-                                   "cost_usd": round(cost, 6), **extra, "time": utc_now()}])
+                                   "cost_usd": round(cost, 6), "generator": self.s.base_url or None, **extra,
+                                   "time": utc_now()}])
         self.s.result.usage.update(usage)
         self.s.result.cost += cost
         self.s.result.requests += 1

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import GenerateSettings
 from ..grounding import BOUNDARY, KINDS
+from .local import time_estimate
 from .plan import Prepared
 from .requests import Price, batch_words
 
@@ -32,7 +33,8 @@ def short_count(n: float) -> str:
 def format_plan(prep: Prepared, settings: GenerateSettings, batch_api: bool = False) -> str:
     """The dry-run report: batches, requests, tokens and cost. Nothing is sent."""
     est = prep.estimate
-    lines = [f"Plan for {settings.model}{' via the Message Batches API (half price)' if batch_api else ''}:"]
+    where = f" at {prep.endpoint.describe()}" if prep.endpoint and prep.endpoint.local else ""
+    lines = [*prep.notes, f"Plan for {settings.model}{where}{' via the Message Batches API (half price)' if batch_api else ''}:"]
     lines.append(f"  {'batch':<28} {'docs':>4} {'words':>6} {'pairs':>5} {'kept':>4} {'rounds':>6} {'boundary':>8} {'to send':>7}")
     for p in prep.plans:
         boundary = [r for r in p.rounds if r.boundary]
@@ -51,9 +53,19 @@ def format_plan(prep: Prepared, settings: GenerateSettings, batch_api: bool = Fa
         f"{short_count(est.cache_creation_input_tokens)} written to cache, {short_count(est.input_tokens)} uncached), "
         f"{short_count(est.output_tokens)} output."
     )
+    if prep.endpoint and prep.endpoint.local:  # no prompt cache, no price: the time it takes
+        lines[-1] = f"Estimated tokens: {short_count(est.total_input)} input, {short_count(est.output_tokens)} output."
+        seconds, how = time_estimate(est.total_input, est.output_tokens, prep.measured_rate)
+        lines.append(f"Estimated time: {duration(seconds)} ({how}). Cost: local, $0.")
+        return "\n".join(lines)
     note = "" if est.price.known else f" ({settings.model} is not a Claude model name: priced as Sonnet)"
     lines.append(f"Estimated cost: ${est.cost:.2f}{note}.")
     return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """95 -> '~2 min'; 5400 -> '~1.5 h'."""
+    return f"~{seconds / 3600:.1f} h" if seconds >= 5400 else f"~{max(1, round(seconds / 60))} min"
 
 
 def boundary_plan_lines(prep: Prepared, settings: GenerateSettings) -> list[str]:
@@ -86,6 +98,7 @@ class GenerateResult:
     accepted: int = 0
     rejected: Counter = field(default_factory=Counter)  # by reason code
     per_batch: dict[str, Counter] = field(default_factory=dict)
+    reasons_per_batch: dict[str, Counter] = field(default_factory=dict)  # batch -> rejections by reason
     per_kind: Counter = field(default_factory=Counter)
     usage: Counter = field(default_factory=Counter)
     cost: float = 0.0
@@ -146,20 +159,26 @@ def format_summary(res: GenerateResult) -> str:
     if res.per_kind:
         lines.append("Accepted by kind: " + ", ".join(f"{k} {res.per_kind[k]}" for k in KINDS if res.per_kind[k]))
     if res.per_batch:
-        lines.append(f"  {'batch':<28} {'requests':>8} {'accepted':>8} {'rejected':>8}  status")
+        lines.append(f"  {'batch':<28} {'requests':>8} {'accepted':>8} {'rejected':>8} {'rate':>5}  status (top reasons)")
         for batch_id, c in res.per_batch.items():
             status = f"FAILED: {res.failed[batch_id]}" if batch_id in res.failed else "ok"
             if batch_id in res.boundary_failed:
                 status = f"boundary round FAILED: {res.boundary_failed[batch_id]}"
-            lines.append(f"  {batch_id:<28} {c['requests']:>8} {c['accepted']:>8} {c['rejected']:>8}  {status}")
+            whys = res.reasons_per_batch.get(batch_id)
+            if whys and batch_id not in res.failed:
+                status += " (" + ", ".join(f"{code} {n}" for code, n in whys.most_common(3)) + ")"
+            seen = c["accepted"] + c["rejected"]
+            rate = f"{c['rejected'] / seen:.0%}" if seen else "-"
+            lines.append(f"  {batch_id:<28} {c['requests']:>8} {c['accepted']:>8} {c['rejected']:>8} {rate:>5}  {status}")
     u = res.usage
     lines.append(
         f"Requests: {res.requests} sent, {res.already_done} already done earlier. Tokens: "
         f"{short_count(u['input_tokens'] + u['cache_creation_input_tokens'] + u['cache_read_input_tokens'])} input "
         f"({short_count(u['cache_read_input_tokens'])} from cache), {short_count(u['output_tokens'])} output. "
-        f"Estimated cost: ${res.cost:.2f}"
-        + ("" if res.price is None or res.price.known else f" (priced as Sonnet: {res.model} is not a known model family)")
-        + "."
+        + ("Cost: local, $0." if res.price is not None and res.price.family == "local" else
+           f"Estimated cost: ${res.cost:.2f}"
+           + ("" if res.price is None or res.price.known else f" (priced as Sonnet: {res.model} is not a known model family)")
+           + ".")
     )
     if res.retired:
         lines.append(f"Retired {res.retired} pairs whose sources changed (see data/retired.jsonl).")
@@ -208,3 +227,17 @@ class Progress:
         else:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
+
+
+def nothing_accepted(res: GenerateResult) -> str:
+    """One line for a run that sent rounds and accepted no pair at all ("" otherwise)."""
+    sent = sum(c["requests"] for c in res.per_batch.values())
+    rejected = sum(res.rejected.values())
+    if res.accepted or not sent or not (rejected or res.failed or res.boundary_failed):
+        return ""  # (a re-sent request whose pairs a killed run had written accepts none, rightly)
+    why = ", ".join(f"{code} {n}" for code, n in res.rejected.most_common(3))
+    failures = Counter(reason[:160] for reason in [*res.failed.values(), *res.boundary_failed.values()])
+    failed = "; ".join(f"{n} batch{'es' if n > 1 else ''}: {reason}" for reason, n in failures.most_common(2))
+    return (f"No pair accepted: {sent} requests to {res.model}, {rejected} pairs rejected{f' ({why})' if why else ''}"
+            f"{f', failed ({failed})' if failed else ''}; nothing was added to data/pairs/ (the reasons are in "
+            "data/rejected.jsonl and data/ledger.jsonl).")

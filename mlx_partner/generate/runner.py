@@ -28,7 +28,9 @@ from ..textfmt import stderr, utc_now
 from ..workspace import Workspace, append_jsonl, atomic_write_jsonl, workspace_lock
 from .api import check_credentials
 from .ledger import append_ledger, load_active_pairs, pair_files
-from .plan import Prepared, prepare
+from .local import PLACEHOLDER_KEY
+from .local_mlx import MlxGenerator, is_local_mlx
+from .plan import Prepared, configure_endpoint, prepare
 from .report import Echo, GenerateResult
 from .send import send_probes, send_rounds
 from .session import Session
@@ -73,16 +75,24 @@ def run_generate(
     with workspace_lock(ws, "generate"):
         import anthropic
 
-        check_credentials(os.environ)  # before any work
+        endpoint, settings, sources, notes = configure_endpoint(ws, settings, sources, os.environ, batch_api=batch_api)
+        credential = check_credentials(os.environ, loopback=endpoint.loopback)  # before any work
+        if not credential:
+            echo(f"No API key needed: {endpoint.url} is on this machine.")
         drop_torn_lines(ws)
-        prep = prepare(ws, settings, sources, force=force, batch_api=batch_api)
-        for line in prep.skipped_lines(ws.sources_dir):  # never left out silently
+        prep = prepare(ws, settings, sources, force=force, batch_api=batch_api, endpoint=endpoint, notes=notes)
+        for line in [*prep.skipped_lines(ws.sources_dir), *notes]:  # never left out silently
             echo(line)
         session = Session(ws, prep, settings, batch_api=batch_api, stream=stream, echo=echo)
         if force:
             append_ledger(ws, [{"event": "reset", "batch": p.batch.id, "time": utc_now()} for p in prep.plans])
         session.result.retired = retire(ws, prep)
-        client = anthropic.Anthropic(max_retries=settings.max_retries, timeout=settings.timeout)
+        if is_local_mlx(endpoint.url):  # the in-process MLX generator stands in for the client
+            client: Any = MlxGenerator(ws, settings)
+            client.attach(session.progress, prep.estimate.output_tokens)
+        else:
+            key = {} if credential else {"api_key": PLACEHOLDER_KEY}  # a loopback server needs none
+            client = anthropic.Anthropic(max_retries=settings.max_retries, timeout=settings.timeout, **key)
         session.base_url = str(client.base_url).rstrip("/")
         if session.progress.total:
             session.progress.show(force=True)

@@ -59,12 +59,14 @@ def call(client: Any, params: dict[str, Any]) -> Outcome:
     """One network call, in a worker thread. API errors come back as values; bugs propagate."""
     import anthropic
 
+    start = time.monotonic()
     try:
         reached("generate-request")  # test-only handshake (testhooks.py): a request in flight
         message = client.messages.create(**params)
     except anthropic.APIError as exc:
         return "error", exc, getattr(exc, "request_id", None)
-    return "reply", message.model_dump(mode="json"), getattr(message, "_request_id", None)
+    reply = {**message.model_dump(mode="json"), "elapsed_s": time.monotonic() - start}  # the ledger's seconds
+    return "reply", reply, getattr(message, "_request_id", None)
 
 
 def send_concurrent(session: Session, client: Any, plans: list[BatchPlan]) -> None:

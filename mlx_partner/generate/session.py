@@ -44,6 +44,8 @@ from .replies import Context, cross_batch_duplicates, parse_reply, review_pairs
 from .report import Echo, GenerateResult, Progress
 from .requests import PROMPT_VERSION, Round, build_request, price_for
 
+MAX_EMPTY_ROUNDS = 2  # answer rounds in a row with no pair accepted before a batch stops
+
 # What a request came back as: ("reply", message dict, request id), ("error", SDK error, request
 # id), ("batch-error", reason, None) from a message batch, or ("crash", exception, None).
 Outcome = tuple[str, Any, str | None]
@@ -58,6 +60,7 @@ class Job:
     attempt: int = 0
     retry_note: str = ""
     mode: str = "tool"  # how its last request asked for output
+    seconds: float | None = None  # how long its last reply took
 
     @property
     def round(self) -> Round:
@@ -73,11 +76,14 @@ class Session:
         self.ws, self.prep, self.settings, self.batch_api, self.echo = ws, prep, settings, batch_api, echo
         self.mode = "json" if settings.output == "json" else "tool"
         self.ctx = Context(settings.model, prep.hashes)
-        self.price = price_for(settings.model)
+        endpoint = prep.endpoint
+        self.local = bool(endpoint and endpoint.local)
+        self.price = (endpoint.price if endpoint else None) or price_for(settings.model)
         self.done = dict(prep.done)
         self.result = GenerateResult(model=settings.model, price=self.price)
-        self.credential = check_credentials(os.environ)
-        self.base_url = ""
+        self.credential = check_credentials(os.environ, loopback=bool(endpoint and endpoint.loopback))
+        self.base_url = endpoint.url if endpoint else ""
+        self.empty_rounds: Counter = Counter()  # batch -> answer rounds in a row with no pair accepted
         self.seen: dict[str, QuestionIndex] = {}
         # (round, position) of each pair on disk from the rounds planned now: a kill can land
         # between writing a reply's pairs and its ledger line, and the redone request skips them.
@@ -151,18 +157,22 @@ class Session:
     def log_request(self, job: Job, status: str, *, usage: Mapping[str, Any] | None = None,
                     request_id: str | None = None, error: str = "", **extra: Any) -> dict[str, Any]:
         """Write the ledger line of one request and count its tokens and cost."""
+        # A local endpoint: cache fields only where it sends them (Ollama has no prompt cache).
         usage = {k: int((usage or {}).get(k) or 0) for k in
-                 ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
+                 ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+                 if not self.local or k in ("input_tokens", "output_tokens") or (usage or {}).get(k) is not None}
         cost = self.price.cost(usage, self.batch_api)
         rnd, batch = job.round, job.plan.batch
         record = {
             "key": rnd.key, "batch": batch.id, "batch_sha": batch.sha256, "round": rnd.index, "boundary": rnd.boundary,
             "attempt": job.attempt, "model": self.settings.model, "prompt_version": PROMPT_VERSION,
             "mode": job.mode, "batch_api": self.batch_api, **usage, "cost_usd": round(cost, 6),
-            "status": status, "request_id": request_id,
+            "status": status, "request_id": request_id, "generator": self.base_url or None,
             "source_hashes": {d: self.prep.hashes[d] for d in batch.doc_ids if d in self.prep.hashes},
             "time": utc_now(),
         }
+        if job.seconds is not None and usage:
+            record["seconds"] = round(job.seconds, 2)
         if error:
             record["error"] = redact(error)
         record.update(extra)
@@ -204,6 +214,7 @@ class Session:
             self.fail(job, str(value))
             return None
         message: dict[str, Any] = value
+        job.seconds = message.pop("elapsed_s", None)
         usage = message.get("usage") or {}
         auto = self.settings.output == "auto"
         try:
@@ -211,6 +222,8 @@ class Session:
         except ValueError as exc:
             if job.mode == "tool" and auto and "no tool call" in str(exc):
                 self.switch_to_json("the endpoint answered without the tool")
+            elif job.mode == "tool" and auto and self.local:  # loose tool use: JSON in text suits it better
+                self.switch_to_json(f"the local endpoint's tool call was malformed ({str(exc)[:80]})")
             job.attempt += 1
             if job.attempt <= self.settings.validation_retries:
                 self.log_request(job, "invalid", usage=usage, request_id=request_id, error=str(exc))
@@ -284,12 +297,29 @@ class Session:
             questions=[r["question"] for r in accepted], accepted=len(accepted), rejected=len(reviewed) - len(accepted),
         )
         self.done[rnd.key] = record
-        return "ok"
+        return self._keeps_failing(job, bool(accepted))
+
+    def _keeps_failing(self, job: Job, accepted: bool) -> str:
+        """"ok", or "failed" when MAX_EMPTY_ROUNDS answer rounds of a batch in a row accepted no
+        pair (a generator too weak for these documents): the batch stops, saying why."""
+        batch_id = job.plan.batch.id
+        self.empty_rounds[batch_id] = 0 if accepted else self.empty_rounds[batch_id] + 1
+        more = job.step + 1 < len(job.plan.todo)
+        if job.round.boundary or not more or self.empty_rounds[batch_id] < MAX_EMPTY_ROUNDS:
+            return "ok"
+        whys = self.result.reasons_per_batch.get(batch_id, Counter())
+        reasons = ", ".join(f"{n} {code}" for code, n in whys.most_common(3))
+        self.progress.done += 1  # this round is recorded; the rest are counted by fail()
+        job.step += 1
+        self.fail(job, f"stopped after {MAX_EMPTY_ROUNDS} rounds in a row with no pair accepted "
+                       f"({reasons or 'no pairs'}); the generator may be too weak for these documents")
+        return "failed"
 
     def _count(self, batch_id: str, new_pairs: Sequence[Mapping[str, Any]], rejected: Sequence[Mapping[str, Any]]) -> None:
         stats = self.result.per_batch.setdefault(batch_id, Counter())
         stats["accepted"] += len(new_pairs)
         stats["rejected"] += len(rejected)
+        self.result.reasons_per_batch.setdefault(batch_id, Counter()).update(r["reason"] for r in rejected)
         self.result.accepted += len(new_pairs)
         self.result.per_kind.update(r["type"] for r in new_pairs)
         self.result.rejected.update(r["reason"] for r in rejected)

@@ -1,0 +1,105 @@
+"""`generate` against a real llama.cpp `llama-server` serving the demo's SmolLM2-135M GGUF on
+127.0.0.1, with no key: a robustness check (it completes, prices nothing, every accepted pair
+passes the checks), not a quality one. Slow; skipped without a llama-server binary (LLAMA_SERVER,
+PATH, or ~/.cache/llama-server-build-*/build/bin/llama-server) or the demo wheel.
+
+    python -m pytest -m slow tests/test_generate_llama_server.py -s    # prints the counts
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from harness import cli_env, make_workspace, run_cli
+
+from mlx_partner.grounding import check_pair
+from mlx_partner.sources.documents import load_documents
+from mlx_partner.workspace import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def llama_server() -> str | None:
+    found = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+    if found:
+        return found
+    built = sorted(glob.glob(os.path.expanduser("~/.cache/llama-server-build-*/build/bin/llama-server")))
+    return built[-1] if built else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def smollm2_gguf(wheel: Path, into: Path) -> Path:
+    """The Q4_1 GGUF inside the demo wheel, extracted."""
+    with zipfile.ZipFile(wheel) as z:
+        name = next(n for n in z.namelist() if n.endswith(".gguf"))
+        target = into / Path(name).name
+        target.write_bytes(z.read(name))
+    return target
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"llama-server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if json.loads(r.read()).get("status") == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"llama-server did not come up:\n{log.read_text()[-3000:]}")
+
+
+def test_generate_against_a_real_llama_server_with_no_key(tmp_path, demo_wheel):
+    binary = llama_server()
+    if binary is None:
+        pytest.skip("no llama-server: set LLAMA_SERVER, put it on PATH, or build one under ~/.cache/llama-server-build-*")
+    gguf = smollm2_gguf(demo_wheel, tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "llama-server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1", "-c", "8192",
+                                 "-t", "2", "--jinja"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(proc, url, log)
+        ws = make_workspace(tmp_path / "ws", ("bread/the-ugly-loaf.md", "bread/one-change-per-loaf.md"))
+        # A reply of at most 1024 tokens, one re-ask: a small model on a busy CPU writes ~5 tokens/s.
+        env = cli_env(url, key=None, MLX_PARTNER_GENERATE_VALIDATION_RETRIES="1", MLX_PARTNER_GENERATE_MAX_TOKENS="1024")
+        result = run_cli(["generate", "--pairs", "2", "--probes", "0", "--model", "smollm2"], ws, env, timeout=1800)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(result.output)
+    assert "No API key needed" in result.output and "Cost: local, $0." in result.output
+    assert "Traceback" not in result.output
+    ledger = [r for r in read_jsonl(ws / "data" / "ledger.jsonl")[0] if "key" in r]
+    assert ledger and all(r["cost_usd"] == 0 and r["generator"] == url for r in ledger)
+    texts = {d.id: d.text for d in load_documents(ws / "sources")[0]}
+    accepted = [p for f in sorted((ws / "data" / "pairs").glob("*.jsonl")) for p in read_jsonl(f)[0]]
+    rejected = read_jsonl(ws / "data" / "rejected.jsonl")[0] if (ws / "data" / "rejected.jsonl").exists() else []
+    for p in accepted:
+        assert check_pair(p, texts) is None, p
+    print(f"SmolLM2-135M via llama-server: {len(accepted)} accepted, {len(rejected)} rejected "
+          f"({dict(Counter(r['reason'] for r in rejected))}); requests {[r['status'] for r in ledger]}; "
+          f"exit {result.returncode}")
+    # a 135M model may write nothing usable: then the run must say so and stop, bounded, with exit 1
+    assert result.returncode == (0 if accepted and "FAILED" not in result.output else 1)
