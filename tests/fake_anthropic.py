@@ -190,7 +190,10 @@ class FakeAnthropic:
         self.faults = Faults(**faults)
         self.produced: list[Produced] = []
         self.probes: list[tuple[str, str | None]] = []  # every probe question sent, with its fault
-        self.requests: list[dict[str, Any]] = []  # {"path", "status", "body"} of every request
+        self.requests: list[dict[str, Any]] = []  # {"path", "status", "body"} of every API (/v1/) request
+        # What a client asks a loopback server to find out what it is (GET /props, /api/version):
+        # kept apart, so "a dry run sends nothing" still means no API request.
+        self.identify_requests: list[dict[str, Any]] = []
         self._state = _State()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -262,6 +265,7 @@ class FakeAnthropic:
             self.produced.clear()
             self.probes.clear()
             self.requests.clear()
+            self.identify_requests.clear()
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -275,7 +279,8 @@ class FakeAnthropic:
         lower = {k.lower(): v for k, v in headers.items()}
         status, payload, extra, raw = self._route(method, path, body, lower, f)
         with self._lock:
-            self.requests.append({"method": method, "path": path, "status": status, "body": body})
+            log = self.requests if path.startswith("/v1/") else self.identify_requests
+            log.append({"method": method, "path": path, "status": status, "body": body})
         return status, payload, extra, raw
 
     def _route(self, method: str, path: str, body: dict[str, Any], headers: dict[str, str], f: Faults):

@@ -105,6 +105,9 @@ def test_serve_answers_openai_requests_as_the_partner(fused_ws):
     assert f"curl {base}/chat/completions" in out.stdout and "no authentication" in out.stderr
 
     answer, prompt_tokens = expected_answer(fused_ws / "models" / "r1", question, 12)
+    # mlx-lm's streaming BPE detokenizer drops the space a reply's first token starts with
+    # (trim_space); the server answers through it, tokenizer.decode does not.
+    answer = answer[1:] if answer.startswith(" ") else answer
     assert reply["object"] == "chat.completion" and reply["choices"][0]["message"]["role"] == "assistant"
     assert reply["choices"][0]["message"]["content"] == answer  # the partner's prompt was applied
     assert reply["usage"]["prompt_tokens"] == prompt_tokens
