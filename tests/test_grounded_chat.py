@@ -434,3 +434,20 @@ def test_a_50_kb_paste_is_answered_and_placed_by_its_first_part(grounded_ws):
     assert "only its first" in result.stderr
     repl = chat(grounded_ws, input=paste + "\n/quit\n")
     assert repl.exit_code == 0 and "From your writing:" in repl.stderr
+
+
+@pytest.mark.parametrize(("grounded", "declined", "heading", "status"), [
+    (True, False, "From your writing:", None),
+    (False, False, "From your writing:", NOT_GROUNDED),
+    (True, True, "What I did write nearby:", None),
+    # A decline of a question nothing she wrote is near: the pointer, and why it declined.
+    (False, True, "What I did write nearby:", "Nothing in your writing is close to this question."),
+])
+def test_citation_lines_say_when_nothing_is_close(grounded, declined, heading, status):
+    cited = Cited("repair/three-tools.md", "Three Tools", "A screwdriver, a glue, a needle.", 0.4, 3)
+    lines = citation_lines(Citation((cited,), grounded=grounded, declined=declined), width=100)
+    assert lines[0] == heading and lines[1].startswith("[1] repair/three-tools.md:3")
+    if status is None:
+        assert not any("Nothing in your writing" in line for line in lines)
+    else:
+        assert lines[-1] == status

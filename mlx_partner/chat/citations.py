@@ -27,6 +27,7 @@ from ..grounding import normalise, quote_in_document
 
 QUOTE_MIN_WORDS = 4
 NOT_GROUNDED = "Nothing in your writing is close to this question: this answer is not grounded in it."
+NOTHING_CLOSE = "Nothing in your writing is close to this question."
 
 _QUOTED = re.compile(r"[\"\u201c]([^\"\u201c\u201d]+?)[\"\u201d]")
 
@@ -104,8 +105,8 @@ def citation_lines(c: Citation, width: int = 100) -> list[str]:
     status = []
     if c.off:
         status.append(c.off)
-    elif not c.grounded and not c.declined:
-        status.append(NOT_GROUNDED)
+    elif not c.grounded:  # a decline too: it is right to decline, and the author should see why
+        status.append(NOTHING_CLOSE if c.declined else NOT_GROUNDED)
     if c.unverified:
         shown = "; ".join(f'"{_short(q)}"' for q in c.unverified)
         status.append(f"Quoted, but not found in your writing: {shown}.")
