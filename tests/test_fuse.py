@@ -22,6 +22,19 @@ from mlx_partner.workspace import Workspace
 SYSTEM = "You are Ada's thinking partner. Answer as Ada would, from her notes."
 
 
+def quantized_workspace(tmp_path: Path, tiny_model: Path) -> tuple[Path, Path]:
+    """An empty workspace folder and a 4-bit copy of the tiny model to fuse onto."""
+    from mlx_lm.utils import load, quantize_model, save
+
+    model, tokenizer, config = load(str(tiny_model), return_config=True)
+    model, config = quantize_model(model, config, group_size=32, bits=4)
+    qbase = tmp_path / "tiny-4bit"
+    save(qbase, str(tiny_model), model, tokenizer, config, donate_model=False)
+    root = tmp_path / "ws"
+    root.mkdir()
+    return root, qbase
+
+
 def make_run(ws_root: Path, base: Path, name: str = "r1", seed: int = 1, dora: bool = False) -> Path:
     """adapters/<name>/ as `mlx-partner train` leaves it, with random (non-zero) LoRA weights."""
     import mlx.core as mx
@@ -155,16 +168,10 @@ def test_dora_and_output_dir_and_replace(ws, tiny_model, tmp_path):
 
 def test_quantized_base_is_dequantized_before_the_merge(tmp_path, tiny_model):
     """A 4-bit base: the merge adds the adapter to dequantized weights, and the check passes."""
-    from mlx_lm.utils import load, quantize_model, save
 
     from mlx_partner.fuse import run_fuse
 
-    model, tokenizer, config = load(str(tiny_model), return_config=True)
-    model, config = quantize_model(model, config, group_size=32, bits=4)
-    qbase = tmp_path / "tiny-4bit"
-    save(qbase, str(tiny_model), model, tokenizer, config, donate_model=False)
-    root = tmp_path / "ws"
-    root.mkdir()
+    root, qbase = quantized_workspace(tmp_path, tiny_model)
     write_test_split(root)
     make_run(root, qbase)
     result = run_fuse(Workspace.at(root), log=lambda s: None)
@@ -178,16 +185,11 @@ def test_requantize_keeps_quantized_only_when_faithful(tmp_path, tiny_model):
     far more than a tenth of the adapter's effect, so the float model is kept, and the note says so.
     With a tolerance that accepts it, the 4-bit model is kept and loads as one."""
     import mlx.nn as nn
-    from mlx_lm.utils import load, quantize_model, save
+    from mlx_lm.utils import load
 
     from mlx_partner.fuse import run_fuse
 
-    model, tokenizer, config = load(str(tiny_model), return_config=True)
-    model, config = quantize_model(model, config, group_size=32, bits=4)
-    qbase = tmp_path / "tiny-4bit"
-    save(qbase, str(tiny_model), model, tokenizer, config, donate_model=False)
-    root = tmp_path / "ws"
-    root.mkdir()
+    root, qbase = quantized_workspace(tmp_path, tiny_model)
     make_run(root, qbase)
     result = run_fuse(Workspace.at(root), quantize=True, log=lambda s: None)
     saved = json.loads((result.model_dir / "config.json").read_text())
@@ -326,17 +328,12 @@ def test_quantized_fuse_exports_gguf_from_float_weights(tmp_path, tiny_model):
     """--quantize --gguf: the MLX folder stays 4-bit, the GGUF is float16 from the float merge, and
     the note says so. Its weights are the float fused model's (imported back, to float16 rounding)."""
     import mlx.core as mx
-    from mlx_lm.utils import load, quantize_model, save
+    from mlx_lm.utils import load
 
     from mlx_partner.fuse import run_fuse
     from mlx_partner.models import import_gguf
 
-    model, tokenizer, config = load(str(tiny_model), return_config=True)
-    model, config = quantize_model(model, config, group_size=32, bits=4)
-    qbase = tmp_path / "tiny-4bit"
-    save(qbase, str(tiny_model), model, tokenizer, config, donate_model=False)
-    root = tmp_path / "ws"
-    root.mkdir()
+    root, qbase = quantized_workspace(tmp_path, tiny_model)
     make_run(root, qbase)
     result = run_fuse(Workspace.at(root), quantize=True, tolerance=100.0, export_gguf=True, log=lambda s: None)
     assert result.dtype == "4-bit" and result.gguf_path and result.modelfile
