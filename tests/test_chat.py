@@ -189,6 +189,44 @@ def test_transcript_markdown(loaded):
     assert text.index("Q one?") < text.index("A one.") < text.index("Q two?") < text.index("A two.")
 
 
+def test_transcript_keeps_the_passages_shown_under_each_answer(loaded):
+    from mlx_partner.chat.citations import NOT_GROUNDED, Citation, Cited
+
+    s = session(loaded)
+    s.history = [("Q one?", "A one.")]
+    s.annotate(Citation((Cited("streets/bench.md", "The Bench", "A bench is an argument.", 0.91, 7),),
+                        grounded=True, unverified=('"four words never written"',)))
+    s.history.append(("Q two?", "A two."))
+    s.annotate(Citation(grounded=False))
+    s.history.append(("Q three?", "A three."))  # citations were off: nothing under it
+    text = transcript_markdown(s, "run r1")
+    one, two, three = text.split("## You")[1:]
+    assert '> From your writing:\n>\n> 1. `streets/bench.md:7` The Bench (closeness 0.91)\n' in one
+    assert '>    "A bench is an argument."' in one and "Quoted, but not found in your writing" in one
+    assert one.index("A one.") < one.index("> From your writing:")
+    assert f"> _{NOT_GROUNDED}_" in two and "From your writing" not in two
+    assert ">" not in three
+    # Old turns dropped to fit the window take their passages with them; the rest keep their own.
+    s.history.pop(0)
+    s.shown.pop(s.trimmed_turns, None)
+    s.trimmed_turns += 1
+    assert [(q, c is not None) for q, _a, c in s.turns()] == [("Q two?", True), ("Q three?", False)]
+    s.reset()
+    assert s.shown == {} and s.turns() == []
+
+
+def test_trimming_moves_no_passage_to_another_turn(loaded):
+    from mlx_partner.chat.citations import Citation
+
+    s = session(loaded, window=160, max_tokens=8)
+    for i in range(8):
+        s.reply(f"Question {i} about bread, streets and the long habits of repair?")
+        s.annotate(Citation(grounded=True, coverage=float(i)))
+    assert s.trimmed_turns > 0
+    assert [c.coverage for _q, _a, c in s.turns()] == [float(int(q.split()[1])) for q, _a, _c in s.turns()]
+    assert len(s.shown) == len(s.history)
+
+
 # --- what chat talks to ------------------------------------------------------------------------
 
 

@@ -299,6 +299,19 @@ def test_repl_shows_passages_the_warning_and_toggles_them(grounded_ws):
     assert err.index("From your writing:") < err.index(NOT_GROUNDED)
 
 
+def test_save_keeps_the_passages_and_the_warning_under_each_answer(grounded_ws, tmp_path):
+    saved = tmp_path / "chat.md"
+    lines = [ON_TOPIC, OFF_TOPIC, "/sources", ON_TOPIC, f"/save {saved}", "/quit"]
+    result = chat(grounded_ws, input="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.output
+    turns = saved.read_text().split("## You")[1:]
+    assert len(turns) == 3
+    assert "> From your writing:" in turns[0] and "> 1. `streets/the-bench-is-an-argument.md:" in turns[0]
+    assert f"> _{NOT_GROUNDED}_" in turns[1] and "From your writing" not in turns[1]
+    # Hidden on screen by /sources, kept in the save: it is the record she checks later.
+    assert "> 1. `streets/the-bench-is-an-argument.md:" in turns[2]
+
+
 def test_json_output_parses(grounded_ws):
     result = chat(grounded_ws, "--prompt", ON_TOPIC, "--json")
     assert result.exit_code == 0, result.output

@@ -10,8 +10,8 @@ Modules, each importing only those above it in this list:
   target.py      which model to load (run, fused model, base, any folder) and its system prompt
   session.py     ChatSession: history, one KV cache reused across turns, trimming to the window,
                  streaming; open_session loads the target's model (mlx and mlx_lm stay lazy)
-  transcript.py  the conversation as Markdown, for /save
-  citations.py   what goes under an answer (Citation, Cited, the lines), the quote check
+  citations.py   what goes under an answer (Citation, Cited, the lines, as Markdown), the quote check
+  transcript.py  the conversation as Markdown, for /save, with the citation under each answer
   passages.py    the passages an answer rests on, ranked over the index; --rag's passages
   index.py       Citer and open_citer: the run's index checked against the current sources
   repl.py        the REPL loop, its /commands, and --prompt (--json)
@@ -21,7 +21,14 @@ the module that defines them. `passages` and `index` are not imported here: they
 (through `retrieval`), and `mlx-partner --help` imports this package.
 """
 
-from .citations import Citation, Cited, citation_lines, quoted_spans, unverified_quotes
+from .citations import (
+    Citation,
+    Cited,
+    citation_lines,
+    citation_markdown,
+    quoted_spans,
+    unverified_quotes,
+)
 from .repl import HELP, handle_command, run_prompt, run_repl
 from .session import ChatSession, TurnStats, common_prefix, context_window, open_session
 from .target import ChatTarget, no_run_message, resolve_target
@@ -35,6 +42,7 @@ __all__ = [
     "Cited",
     "TurnStats",
     "citation_lines",
+    "citation_markdown",
     "common_prefix",
     "context_window",
     "handle_command",

@@ -2,6 +2,7 @@
 
     Citation(passages=(Cited(path, title, excerpt, score, line), ...), grounded=True, ...)
     citation_lines(citation)            # the lines the REPL prints under the answer, dimmed
+    citation_markdown(citation)         # the same, as Markdown, for /save
     unverified_quotes(answer, texts)    # quoted spans found in none of her documents
 
 Quotes: a span between double quotes (straight "..." or curly “...”) of at least
@@ -97,11 +98,25 @@ def citation_lines(c: Citation, width: int = 100) -> list[str]:
     status line when needed (nothing close, citations off, a quote not found)."""
     lines: list[str] = []
     if c.passages:
-        lines.append("What I did write nearby:" if c.declined else "From your writing:")
+        lines.append(heading(c))
         for i, p in enumerate(c.passages, 1):
             lines.append(f"[{i}] {p.path}:{p.line}  {p.title}")
             lines += textwrap.wrap(f'"{p.excerpt}"', max(width - 4, 40), initial_indent="    ",
                                    subsequent_indent="     ")
+    status = status_line(c)
+    if status:  # one line; wrapped only where the width cannot hold it
+        lines += textwrap.wrap(status, max(width, 40))
+    return lines
+
+
+def heading(c: Citation) -> str:
+    """The line above the passages: a pointer after a decline, else where the answer comes from."""
+    return "What I did write nearby:" if c.declined else "From your writing:"
+
+
+def status_line(c: Citation) -> str:
+    """The one line under the passages ('' when there is nothing to say): citations off, nothing
+    close (the grounded flag), quotes not found in her writing."""
     status = []
     if c.off:
         status.append(c.off)
@@ -110,8 +125,21 @@ def citation_lines(c: Citation, width: int = 100) -> list[str]:
     if c.unverified:
         shown = "; ".join(f'"{_short(q)}"' for q in c.unverified)
         status.append(f"Quoted, but not found in your writing: {shown}.")
-    if status:  # one line; wrapped only where the width cannot hold it
-        lines += textwrap.wrap(" ".join(status), max(width, 40))
+    return " ".join(status)
+
+
+def citation_markdown(c: Citation) -> list[str]:
+    """What was shown under an answer, as Markdown for /save: a block quote holding the heading,
+    the numbered passages (path:line, title, closeness, excerpt) and the status line."""
+    lines: list[str] = []
+    if c.passages:
+        lines += [f"> {heading(c)}", ">"]
+        for i, p in enumerate(c.passages, 1):
+            lines += [f"> {i}. `{p.path}:{p.line}` {p.title} (closeness {p.score:.2f})",
+                      f'>    "{p.excerpt}"']
+    status = status_line(c)
+    if status:
+        lines += ([">"] if lines else []) + [f"> _{status}_"]
     return lines
 
 

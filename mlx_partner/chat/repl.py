@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import PartnerError
-from .citations import citation_lines
+from .citations import Citation, citation_lines
 from .fixes import Fixes  # [learn-from-use] /fix and /good
 from .session import ChatSession
 from .transcript import save_transcript
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # index loads numpy (retrieval); cli imports it inside `chat`
 HELP = """Commands:
   /help        this list
   /reset       forget the conversation (the system prompt stays)
-  /save FILE   write the conversation to FILE as Markdown
+  /save FILE   write the conversation to FILE as Markdown, with the passages under each answer
   /system      show the system prompt
   /sources     show or hide the passages of your writing under each answer
   /temp X      set the sampling temperature (0 = greedy)
@@ -103,16 +103,17 @@ def _dim(text: str) -> str:
     return click.style(text, dim=True)
 
 
-def show_citation(citer: Citer | None, question: str, answer: str) -> None:
-    """The passages under an answer, dimmed, on stderr; with /sources off only the status line."""
+def show_citation(citer: Citer | None, question: str, answer: str) -> Citation | None:
+    """The passages under an answer, dimmed, on stderr; with /sources off only the status line.
+    Returns the whole citation (the hidden passages too), for /save; None when citations are off."""
     if citer is None or not citer.on:
-        return
+        return None
     citation = citer.cite(question, answer)
-    if not citer.show:
-        citation = dataclasses.replace(citation, passages=())
+    shown = citation if citer.show else dataclasses.replace(citation, passages=())
     width = shutil.get_terminal_size((100, 24)).columns
-    for line in citation_lines(citation, width - 2):
+    for line in citation_lines(shown, width - 2):
         click.echo(_dim("  " + line), err=True)
+    return citation
 
 
 def say_notices(session: ChatSession) -> None:
@@ -188,4 +189,4 @@ def run_repl(session: ChatSession, label: str, citer: Citer | None = None, fixes
             continue
         click.echo("")
         say_notices(session)
-        show_citation(citer, line, "".join(pieces))
+        session.annotate(show_citation(citer, line, "".join(pieces)))

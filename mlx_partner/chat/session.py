@@ -78,6 +78,7 @@ class ChatSession:
     stats: TurnStats = field(default_factory=TurnStats)
     total_prefill_tokens: int = 0
     trimmed_turns: int = 0  # oldest turns dropped to fit the window, in all
+    shown: dict[int, Any] = field(default_factory=dict)  # {turn number: its citation}, see annotate()
     _cache: list[Any] | None = None
     _cached: list[int] = field(default_factory=list)  # the tokens whose keys/values are in _cache
     _notices: list[str] = field(default_factory=list)
@@ -128,6 +129,7 @@ class ChatSession:
             if not self.history:
                 return self._cut(question, passages, budget, len(tokens))
             self.history.pop(0)
+            self.shown.pop(self.trimmed_turns, None)
             self.trimmed_turns += 1
             if not self._trim_told:
                 self._trim_told = True
@@ -163,6 +165,17 @@ class ChatSession:
             f"leaves for it; only its first {len(kept)} of {len(question)} characters were used.)"
         )
         return fits(len(kept)) or self.encode([], with_passages(kept, passages)), kept
+
+    def annotate(self, note: Any) -> None:
+        """Keep `note` (what chat showed under the last answer: a `citations.Citation`) with that
+        turn, for /save. Turns are numbered from the first ever asked, so dropping old turns to fit
+        the window moves no note to another turn."""
+        if self.history and note is not None:
+            self.shown[self.trimmed_turns + len(self.history) - 1] = note
+
+    def turns(self) -> list[tuple[str, str, Any]]:
+        """The kept turns as (question, answer, its note or None)."""
+        return [(q, a, self.shown.get(self.trimmed_turns + i)) for i, (q, a) in enumerate(self.history)]
 
     def pop_notices(self) -> list[str]:
         """Messages for the user (e.g. that old turns are being dropped), each given once."""
@@ -266,6 +279,7 @@ class ChatSession:
     def reset(self) -> None:
         """Forget the conversation (the system prompt stays) and empty the cache."""
         self.history.clear()
+        self.shown.clear()
         self._cache, self._cached = None, []
         self._trim_told = False
 
