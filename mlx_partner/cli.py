@@ -676,11 +676,12 @@ def serve(app: App, run_name: str | None, host: str | None, port: int | None) ->
 
 
 def _echo_eval(metrics: dict, out_dir: Path) -> None:
-    from .evaluate.report import comparison_rows, retrieval_line, summary_rows
+    from .evaluate.report import comparison_rows, passages_line, retrieval_line, summary_rows
 
     click.echo(table(["metric", "base", metrics["run"]], summary_rows(metrics)))
-    if retrieval_line(metrics):
-        click.echo(retrieval_line(metrics))
+    for line in (passages_line(metrics), retrieval_line(metrics)):
+        if line:
+            click.echo(line)
     comparison = metrics.get("comparison")
     if comparison:
         click.echo(f"\n{comparison['new']} against {comparison['old']} on the same held-out pairs "

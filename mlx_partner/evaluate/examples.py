@@ -23,14 +23,11 @@ from ..dataset.duplicates import BOUNDARY
 from ..dataset.manifest import SPLITS, dataset_hash, load_manifest
 from ..decline import is_decline
 from ..errors import DatasetError
+from ..prompts import question_of
 from ..workspace import Workspace, read_jsonl
 
-__all__ = ["EvalExample", "example_key", "load_examples", "plain_question", "select_examples", "split_meta"]
+__all__ = ["EvalExample", "carries_passages", "example_key", "load_examples", "plain_question", "select_examples", "split_meta"]
 
-# `[dataset] passages = true` puts passages before the question in the user turn
-# (retrieval.with_passages); retrieval is measured on the question itself.
-_PASSAGES_HEADER = "Passages from your writing:"
-_QUESTION_MARK = "\n\nQuestion: "
 
 
 @dataclass(frozen=True)
@@ -68,10 +65,16 @@ def example_key(messages: Sequence[dict[str, str]]) -> str:
 
 
 def plain_question(question: str) -> str:
-    """The question without the passages `[dataset] passages = true` puts before it."""
-    if question.startswith(_PASSAGES_HEADER) and _QUESTION_MARK in question:
-        return question.rsplit(_QUESTION_MARK, 1)[1].strip()
-    return question
+    """The question without the passages `[dataset] passages = true` puts before it
+    (`prompts.question_of`, stripped); retrieval is measured on the question itself."""
+    asked = question_of(question)
+    return asked.strip() if asked != question else question
+
+
+def carries_passages(examples: Sequence[EvalExample]) -> bool:
+    """True when the examples' questions have passages before them: a dataset built with
+    `[dataset] passages = true`, so the run trained on it expects passages in every prompt."""
+    return any(plain_question(ex.question) != ex.question for ex in examples)
 
 
 def split_meta(ws: Workspace) -> dict[str, list[dict[str, Any]]]:

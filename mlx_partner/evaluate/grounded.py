@@ -5,6 +5,7 @@ do the quotations in generated answers occur in her writing?
     retrieval = retrieval_accuracy(index, held_out_examples)       # {"accuracy": 0.92, ...}
     quote_record(answer, texts, question)                          # [{"text", "verified"}, ...]
     probe_coverage(index, near_probe_questions)                    # are the probes really absent?
+    ask = passages_ask(index); ask(question)                       # the user turn `chat --rag` sends
 
 Retrieval accuracy is the share of held-out questions (of the answer kinds, citing at least one
 document) whose best passage, BM25 over the question alone, is from a document the pair cites:
@@ -13,19 +14,25 @@ between double quotes (straight or curly) of at least `QUOTE_MIN_WORDS` words, n
 itself holds, is a quotation of her writing; shorter ones are scare quotes or terms ("liveable").
 Each is checked with the quote check `generate` uses (`grounding.quote_in_document`) against
 every document.
+
+A run trained with passages before each question (`[dataset] passages = true`) is used through
+`chat --rag`, so eval asks it every question the same way: `passages_ask` is chat's own retrieval
+(`chat.passages.rag_passages`) and the one renderer (`prompts.with_passages`), not a copy of them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..chat.passages import rag_passages
 from ..grounding import normalise, quote_in_document
+from ..prompts import RAG_PASSAGES, with_passages
 from ..retrieval import SourceIndex
 from .examples import EvalExample, plain_question
 
-__all__ = ["QUOTE_MIN_WORDS", "probe_coverage", "quote_record", "quote_summary", "quoted_spans", "retrieval_accuracy"]
+__all__ = ["QUOTE_MIN_WORDS", "passages_ask", "passages_record", "probe_coverage", "quote_record", "quote_summary", "quoted_spans", "retrieval_accuracy"]
 
 # The same rule as chat's (chat/citations.py); the two belong in grounding.py, beside the check.
 QUOTE_MIN_WORDS = 4
@@ -83,3 +90,18 @@ def probe_coverage(index: SourceIndex, questions: Sequence[str]) -> dict[str, An
     covered = [q for q, c in scored if c >= index.threshold]
     return {"threshold": round(float(index.threshold), 4), "probes": len(scored), "covered": len(covered),
             "covered_questions": covered, "coverage": {q: c for q, c in scored}}
+
+
+def passages_ask(index: SourceIndex) -> Callable[[str], str]:
+    """question -> the user turn `chat --rag` sends for it: the passages its retrieval finds
+    closest to the question, rendered before it as training renders them."""
+    return lambda question: with_passages(question, rag_passages(index, question))
+
+
+def passages_record(used: bool) -> dict[str, Any]:
+    """metrics.json's "passages": whether eval put passages of her writing in the prompts, and how."""
+    if not used:
+        return {"in_prompt": False}
+    return {"in_prompt": True, "per_question": RAG_PASSAGES,
+            "chosen_by": "chat --rag's retrieval over her documents (chat.passages.rag_passages)",
+            "asked": "every question: held-out pairs, near-domain and far probes"}

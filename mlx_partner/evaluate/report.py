@@ -17,8 +17,8 @@ from ..decline import DECLINE_PHRASE
 from ..plots import bar_chart
 from ..textfmt import md_table
 
-__all__ = ["CHART_METRICS", "COMPARE_ROWS", "DECLINE_ROWS", "comparison_rows", "fmt", "render_report",
-           "retrieval_line", "summary_rows", "write_chart"]
+__all__ = ["CHART_METRICS", "COMPARE_ROWS", "DECLINE_ROWS", "comparison_rows", "fmt", "passages_line",
+           "render_report", "retrieval_line", "summary_rows", "write_chart"]
 
 # The three decline figures (and the held-out boundary pairs'): (row name, share key, count key).
 DECLINE_ROWS = (
@@ -86,6 +86,18 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def passages_line(metrics: dict[str, Any]) -> str:
+    """One line when eval put passages of her writing in the prompts ('' when not, or an eval made
+    before it could): how every question was asked."""
+    used = metrics.get("passages") or {}
+    if not used.get("in_prompt"):
+        return ""
+    return (f"Passages in the prompt: the run was trained with passages of your writing before each question "
+            f"([dataset] passages = true), so every question here, held-out pairs and probes, was asked of both "
+            f"models as `chat --rag` asks it: the {used['per_question']} passages its retrieval finds closest, "
+            f"then the question.")
+
+
 def retrieval_line(metrics: dict[str, Any]) -> str:
     """One line on retrieval accuracy, as `eval` prints it ('' for an eval made before it existed)."""
     r = metrics.get("retrieval") or {}
@@ -135,6 +147,7 @@ def render_report(metrics: dict[str, Any]) -> str:
         f"spans are the double-quoted passages of four words or more in generated answers, checked against her "
         f"documents with `generate`'s quote check.",
         "",
+        *([passages_line(metrics), ""] if passages_line(metrics) else []),
         "![base and tuned scores](chart.png)",
         "",
         md_table(["metric", "base", run], summary_rows(metrics)),

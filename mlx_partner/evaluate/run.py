@@ -6,10 +6,13 @@
 Both the base model and base + the run's adapters are scored deterministically (greedy decoding,
 a seeded selection of held-out pairs), on held-out pairs, near-domain probes (data/probes.jsonl,
 when `generate` wrote one) and far probes; retrieval over her documents is measured once (it does
-not depend on the model). eval/<run>/ gets metrics.json (summary plus every answer, with a
-"version"), report.md and chart.png. `run_eval` holds the workspace lock itself, so a
-Python caller is protected as the CLI is; the lock is re-entrant, so `retrain` calls it under its
-own. `mlx` is imported inside `run_eval`, so `--help` stays instant.
+not depend on the model). A run trained with passages before each question (`[dataset] passages =
+true`) is asked every question, held-out and probe, as `chat --rag` asks it: the passages its
+retrieval finds, before the question; metrics.json's "passages" says so. eval/<run>/ gets
+metrics.json (summary plus every answer, with a "version"), report.md and chart.png. `run_eval`
+holds the workspace lock itself, so a Python caller is protected as the CLI is; the lock is
+re-entrant, so `retrain` calls it under its own. `mlx` is imported inside `run_eval`, so `--help`
+stays instant.
 """
 
 from __future__ import annotations
@@ -23,13 +26,27 @@ from ..config import Settings
 from ..dataset.system_prompt import load_system_prompt
 from ..errors import DatasetError, ModelError, TrainingError
 from ..models import load_model, resolve_model
+from ..prompts import RAG_PASSAGES
 from ..retrieval import SourceIndex, build_index
 from ..runs import SYSTEM_PROMPT, find_run, read_manifest
 from ..sources.documents import load_documents
 from ..textfmt import utc_now
 from ..workspace import Workspace, atomic_write_json, atomic_write_text, workspace_lock
-from .examples import EvalExample, load_examples, plain_question, select_examples, split_meta
-from .grounded import probe_coverage, quote_record, retrieval_accuracy
+from .examples import (
+    EvalExample,
+    carries_passages,
+    load_examples,
+    plain_question,
+    select_examples,
+    split_meta,
+)
+from .grounded import (
+    passages_ask,
+    passages_record,
+    probe_coverage,
+    quote_record,
+    retrieval_accuracy,
+)
 from .metrics import StyleModel, fit_style
 from .probes import PROBES_FILE, NearProbes, probe_questions, read_near_probes
 from .report import render_report, write_chart
@@ -232,15 +249,18 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
         texts = [d.text for d in documents]
         style = fit_style(texts)
         near = _near_probes(ws, near_probes)
+        index = _index(ws, documents)
+        # [grounded-chat] a run trained with passages is asked as `chat --rag` asks (grounded.passages_ask)
+        ask = passages_ask(index) if carries_passages(held.split) else None
         max_seq_length = int(getattr(settings.train, "max_seq_length", 2048))
-        common = {"max_tokens": max_tokens, "max_seq_length": max_seq_length, "system": system_prompt}
+        common = {"max_tokens": max_tokens, "max_seq_length": max_seq_length, "system": system_prompt,
+                  **({"passages": f"rag:{RAG_PASSAGES}"} if ask else {})}  # no earlier eval's answers without
         score = {"loss_examples": held.loss, "gen_examples": held.answered,
                  "probes": probe_questions(texts, probes, seed), "near_probes": near.questions,
-                 "system_prompt": system_prompt, "style": style,
+                 "system_prompt": system_prompt, "style": style, "ask": ask,
                  "max_tokens": max_tokens, "max_seq_length": max_seq_length, "progress": progress}
         scores = _score_both(ws, run_name, run_dir, base_ref, common, seed, score)
         _add_quotes(scores, texts, {ex.key: plain_question(ex.question) for ex in held.answered})
-        index = _index(ws, documents)
         retrieval = {**retrieval_accuracy(index, held.split), "probes": probe_coverage(index, near.questions)}
 
         settings_used = {"limit": limit, "probes": probes, "near_probes": near_probes, "max_tokens": max_tokens,
@@ -248,6 +268,7 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
         metrics = _metrics(run_name, manifest, base_ref, settings_used, held.answered, system_prompt, style, scores)
         metrics["near_probes"] = {"file": near.path, "questions": len(near.questions), "skipped": near.skipped}
         metrics["retrieval"] = retrieval
+        metrics["passages"] = passages_record(ask is not None)
         if previous is not None:
             metrics["comparison"] = compare(previous, metrics)
         out_dir = ws.eval_dir / run_name
@@ -270,7 +291,7 @@ def _metrics(run_name: str, manifest: dict[str, Any], base_ref: str, settings_us
         "reference_style": mean(style.similarity(ex.reference) for ex in gen_examples),
         # (With a template that has no system role the system text starts the question: drop it.)
         "examples": [{"key": ex.key, "split": ex.split, "kind": ex.kind,
-                      "question": ex.question.removeprefix(system_prompt).strip(),
+                      "question": plain_question(ex.question.removeprefix(system_prompt).strip()),
                       "reference": ex.reference} for ex in gen_examples],
         "scores": scores,
     }

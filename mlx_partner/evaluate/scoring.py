@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..decline import is_decline
 from ..prompts import chat_messages, encode_prompt, render_prompt, training_tokens
 from ..runs import ADAPTER_WEIGHTS
 from ..textfmt import stderr
-from .examples import EvalExample
+from .examples import EvalExample, plain_question
 from .metrics import StyleModel, rouge_l, word_f1
 
 __all__ = [
@@ -154,13 +154,15 @@ def score_model(loaded: Any, loss_examples: Sequence[EvalExample], gen_examples:
                 probes: Sequence[str], system_prompt: str, style: StyleModel, *, max_tokens: int,
                 max_seq_length: int, label: str, progress: bool = True,
                 cached: dict[str, dict[str, Any]] | None = None,
-                near_probes: Sequence[str] = ()) -> dict[str, Any]:
+                near_probes: Sequence[str] = (), ask: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Loss on `loss_examples`, answers to `gen_examples`, the far `probes` and the `near_probes`:
     one record per item.
 
     `cached` maps "loss:KEY", "answer:KEY" or "probe:QUESTION" to an earlier record for this same
     model and settings; those are reused instead of recomputed (retrain scores the old run once,
-    and the base model once for all runs).
+    and the base model once for all runs). `ask` turns a question into the user turn that asks it
+    (a run trained with passages: the passages `chat --rag` would put before it); with it, every
+    question, held-out or probe, is asked in a fresh conversation through it.
     """
     model, tokenizer = loaded.model, loaded.tokenizer
     cached = dict(cached or {})
@@ -175,9 +177,16 @@ def score_model(loaded: Any, loss_examples: Sequence[EvalExample], gen_examples:
             bar.step()
 
     # Held-out questions are asked with their own turns up to the answer (exactly the prompt they
-    # were trained against); probes in a fresh conversation with the run's system prompt.
-    asks = [(f"answer:{ex.key}", list(ex.messages[:-1])) for ex in gen_examples]
-    asks += [(f"probe:{q}", probe_messages(tokenizer, system_prompt, q)) for q in dict.fromkeys([*probes, *near_probes])]
+    # were trained against); probes in a fresh conversation with the run's system prompt. With
+    # `ask`, held-out questions too, so their passages are the ones retrieval finds, as in chat,
+    # not the ones the dataset chose for training (which always hold the pair's own).
+    if ask is None:
+        asks = [(f"answer:{ex.key}", list(ex.messages[:-1])) for ex in gen_examples]
+    else:
+        asks = [(f"answer:{ex.key}", probe_messages(tokenizer, system_prompt, ask(plain_question(ex.question))))
+                for ex in gen_examples]
+    asks += [(f"probe:{q}", probe_messages(tokenizer, system_prompt, ask(q) if ask else q))
+             for q in dict.fromkeys([*probes, *near_probes])]
     asks = [(key, messages) for key, messages in asks if key not in cached]
     bar = Progress(f"{label}: answers", len(asks), progress and bool(asks))
     for start in range(0, len(asks), GENERATION_BATCH):
