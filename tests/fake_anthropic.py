@@ -535,9 +535,10 @@ class FakeAnthropic:
         text = json.dumps(body, sort_keys=True) if body else ""
         with self._lock:
             attempt = self._state.route_attempts[key] = self._state.route_attempts.get(key, 0) + 1
-            rule = next((r for r in self.rules if r.matches(route, attempt, text)), None)
-            if rule is None:
+            matched = [r for r in self.rules if r.matches(route, attempt, text)]  # every rule counts every request
+            if not matched:
                 return None
+            rule = matched[0]
             rule.fired += 1
         if rule.status == "drop":
             return "drop", None, {}, None
