@@ -280,7 +280,7 @@ def test_eval_writes_report_chart_and_metrics(trained):
     assert result.exit_code == 0, result.output
     out = trained / "eval" / "run-1"
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["version"] == 2
+    assert metrics["version"] == 3
     for label in ("base", "tuned"):
         s = metrics["summary"][label]
         assert s["answers"] == 3 and s["probes"] == 2 and s["near_probes"] == 3

@@ -17,8 +17,8 @@ from ..decline import DECLINE_PHRASE
 from ..plots import bar_chart
 from ..textfmt import md_table
 
-__all__ = ["CHART_METRICS", "COMPARE_ROWS", "DECLINE_ROWS", "comparison_rows", "fmt", "passages_line",
-           "render_report", "retrieval_line", "summary_rows", "write_chart"]
+__all__ = ["CHART_METRICS", "COMPARE_ROWS", "DECLINE_ROWS", "comparison_rows", "corrections_line", "fmt",
+           "passages_line", "render_report", "retrieval_line", "summary_rows", "write_chart"]
 
 # The three decline figures (and the held-out boundary pairs'): (row name, share key, count key).
 DECLINE_ROWS = (
@@ -83,7 +83,21 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((name, share(base, key, count), share(tuned, key, count)))
     rows.append(("quoted spans found in your writing", share(base, "quotes_verified", "quote_spans"),
                  share(tuned, "quotes_verified", "quote_spans")))
+    corrections = (metrics.get("corrections") or {}).get("summary") or {}
+    if corrections.get("tuned", {}).get("questions"):  # [learn-from-use] evaluate/corrections.py
+        away, n = corrections["corrected_away"], corrections["tuned"]["questions"]
+        rows.append((f"closer to your corrections: F1 ({n} questions; the corrected-away answers' {fmt(away['f1'])})",
+                     fmt(corrections["base"]["f1"]), fmt(corrections["tuned"]["f1"])))
     return rows
+
+
+def corrections_line(summary: dict[str, Any], corrected_away: dict[str, Any]) -> str:
+    """One model on the corrected questions: "closer to your corrections: F1 x vs the corrected-away
+    answer's y", with style and on how many questions it beats the corrected-away answer."""
+    return (f"closer to your corrections: F1 {fmt(summary['f1'])} vs the corrected-away answer's "
+            f"{fmt(corrected_away['f1'])} (style {fmt(summary['style'])} vs {fmt(corrected_away['style'])}); "
+            f"above its F1 on {summary['closer']}/{summary['questions']} questions; F1 to the corrected-away "
+            f"answer {fmt(summary['f1_corrected_away'])} (lower: further from what you corrected)")
 
 
 def passages_line(metrics: dict[str, Any]) -> str:
@@ -123,6 +137,11 @@ def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str
         if a is not None and b is not None and abs(a - b) > 1e-9:
             verdict = comparison["new"] if (b < a) == (better == "lower") else comparison["old"]
         rows.append((name, fmt(a), fmt(b), verdict))
+    fixes = comparison.get("corrections") or {}
+    if fixes.get("questions"):  # [learn-from-use] both runs on the questions corrected in chat
+        a, b = fixes["old_summary"]["f1"], fixes["new_summary"]["f1"]
+        verdict = "" if a is None or b is None or abs(a - b) <= 1e-9 else fixes["new"] if b > a else fixes["old"]
+        rows.append((f"closer to your corrections: F1 ({fixes['questions']} questions)", fmt(a), fmt(b), verdict))
     return rows
 
 
@@ -165,8 +184,44 @@ def render_report(metrics: dict[str, Any]) -> str:
             md_table(["metric", comparison["old"], comparison["new"], "better"], comparison_rows(comparison)),
             "",
         ]
-    lines += _retrieval_lines(metrics)
+    lines += _correction_lines(metrics) + _retrieval_lines(metrics)
     return "\n".join(lines + _answer_lines(metrics) + _probe_lines(metrics, "near_probes") + _probe_lines(metrics, "probes"))
+
+
+def _correction_lines(metrics: dict[str, Any]) -> list[str]:
+    """The "Your corrections" section: each model on the questions corrected in chat with `/fix`,
+    and per question every model's answer and its F1 to the correction (evaluate/corrections.py)."""
+    section = metrics.get("corrections")
+    if section is None:  # an eval made before corrections were measured
+        return []
+    if not section.get("questions"):
+        return ["## Your corrections", "", f"No corrections to measure: {section['file']} holds no `/fix` answers "
+                "(`/fix` in `mlx-partner chat` saves one).", ""]
+    run, summary = metrics["run"], section["summary"]
+    fixes = (metrics.get("comparison") or {}).get("corrections") or {}
+    models = [("base", summary["base"], metrics["scores"]["base"]["corrections"])]
+    if fixes.get("questions"):
+        old = fixes["old"] if fixes["old"] != run else f"{run} (compared)"  # --compare with the run itself
+        models.append((old, fixes["old_summary"], fixes["old_answers"]))
+    models.append((run, summary["tuned"], metrics["scores"]["tuned"]["corrections"]))
+    left = [f"{section['superseded']} earlier `/fix` of a question corrected again"] if section["superseded"] else []
+    left += [f"{section['good_marks']} `/good` marks"] if section["good_marks"] else []
+    lines = ["## Your corrections", "",
+             f"{section['questions']} questions you corrected in chat (`/fix`, {section['file']}, the latest of each"
+             f"{'; not measured: ' + ', '.join(left) if left else ''}), each asked as {section['prompt']}. F1 is "
+             f"word overlap with your corrected answer, style the character n-gram TF-IDF cosine to it; the "
+             f"corrected-away answer is what the partner said before you corrected it.", ""]
+    lines += [f"- *{name}*: {corrections_line(s, summary['corrected_away'])}" for name, s, _ in models] + [""]
+    headers = ["question", "your correction", "corrected away (F1)"] + [f"{name} (F1)" for name, _, _ in models]
+    rows = []
+    for item in section["items"]:
+        row = [_quote(item["question"], 80), _quote(item["correction"] or "", 120),
+               f"{_quote(item['corrected_away'], 100)} ({fmt(item['corrected_away_f1'], 2)})"]
+        for _, _, records in models:
+            r = records.get(item["id"])
+            row.append(f"{_quote(r['answer'], 100)} ({fmt(r['f1'], 2)})" if r else "-")
+        rows.append(row)
+    return lines + [md_table(headers, rows), ""]
 
 
 def _retrieval_lines(metrics: dict[str, Any]) -> list[str]:

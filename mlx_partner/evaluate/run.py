@@ -18,11 +18,13 @@ stays instant.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..corrections import Correction
 from ..dataset.system_prompt import load_system_prompt
 from ..errors import DatasetError, ModelError, TrainingError
 from ..models import load_model, resolve_model
@@ -32,6 +34,13 @@ from ..runs import SYSTEM_PROMPT, find_run, read_manifest
 from ..sources.documents import load_documents
 from ..textfmt import utc_now
 from ..workspace import Workspace, atomic_write_json, atomic_write_text, workspace_lock
+from .corrections import (
+    answer_corrections,
+    compare_corrections,
+    corrections_section,
+    fixes_to_measure,
+    score_corrections,
+)
 from .examples import (
     EvalExample,
     carries_passages,
@@ -67,8 +76,9 @@ DEFAULT_LOSS_LIMIT = 40  # pairs per split scored for loss: a forward pass each 
 # existed has none and reads as version 1, the same layout.
 METRICS_FILE = "metrics.json"
 # 2: near-domain probes (scores.*.near_probes), answers' expects_decline and quotes, the decline and
-# quote figures in the summary, "retrieval" and "near_probes" at the top.
-METRICS_VERSION = 2  # bump when the layout changes, and teach read_metrics the older ones
+# quote figures in the summary, "retrieval" and "near_probes" at the top. 3: "corrections" at the top
+# and scores.*.corrections (evaluate/corrections.py); an older file has none, read as not measured.
+METRICS_VERSION = 3  # bump when the layout changes, and teach read_metrics the older ones
 REPORT_FILE = "report.md"
 CHART_FILE = "chart.png"
 
@@ -195,8 +205,9 @@ def _add_quotes(scores: dict[str, Any], texts: list[str], questions: dict[str, s
 
 
 def _score_both(ws: Workspace, run_name: str, run_dir: Path, base_ref: str, common: dict[str, Any], seed: int,
-                score: dict[str, Any]) -> dict[str, Any]:
+                score: dict[str, Any], fixes: Sequence[Correction] = ()) -> dict[str, Any]:
     """Score the base model, then base + the run's adapters; `score` holds score_model's arguments.
+    Each model also answers the corrected questions in `fixes` (evaluate/corrections.py).
 
     Earlier evals of the same models under the same settings are reused item by item: this run's
     own earlier eval, and for the base model any run's eval.
@@ -217,6 +228,10 @@ def _score_both(ws: Workspace, run_name: str, run_dir: Path, base_ref: str, comm
         mx.random.seed(seed)
         loaded = load_model(base_ref, adapter_path=adapter_path, workspace_root=ws.root)
         record = score_model(loaded, **score, label="base" if label == "base" else run_name, cached=cached)
+        answers = answer_corrections(loaded, fixes, score["system_prompt"], max_tokens=score["max_tokens"],
+                                     label="base" if label == "base" else run_name, cached=cached,
+                                     progress=score["progress"], ask=score.get("ask"))
+        record["corrections"] = score_corrections(fixes, answers, score["style"])
         scores[label] = {"fingerprint": fp, **record}
         del loaded
         mx.clear_cache()
@@ -259,7 +274,8 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
                  "probes": probe_questions(texts, probes, seed), "near_probes": near.questions,
                  "system_prompt": system_prompt, "style": style, "ask": ask,
                  "max_tokens": max_tokens, "max_seq_length": max_seq_length, "progress": progress}
-        scores = _score_both(ws, run_name, run_dir, base_ref, common, seed, score)
+        found = fixes_to_measure(ws)  # [learn-from-use] chat's /fix answers
+        scores = _score_both(ws, run_name, run_dir, base_ref, common, seed, score, found.fixes)
         _add_quotes(scores, texts, {ex.key: plain_question(ex.question) for ex in held.answered})
         retrieval = {**retrieval_accuracy(index, held.split), "probes": probe_coverage(index, near.questions)}
 
@@ -269,11 +285,35 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
         metrics["near_probes"] = {"file": near.path, "questions": len(near.questions), "skipped": near.skipped}
         metrics["retrieval"] = retrieval
         metrics["passages"] = passages_record(ask is not None)
-        if previous is not None:
+        metrics["corrections"] = corrections_section(found, {k: v["corrections"] for k, v in scores.items()}, style,
+                                                     passages=score.get("ask") is not None)
+        if previous is not None and compare_with:
             metrics["comparison"] = compare(previous, metrics)
+            old = _compared_corrections(ws, compare_with, previous, found.fixes, max_tokens, progress, score.get("ask"))
+            metrics["comparison"]["corrections"] = compare_corrections(
+                str(previous.get("run") or compare_with), run_name, score_corrections(found.fixes, old, style),
+                metrics["corrections"], scores["tuned"]["corrections"])
         out_dir = ws.eval_dir / run_name
         write_outputs(out_dir, metrics)
     return EvalResult(run_name, out_dir, metrics)
+
+
+def _compared_corrections(ws: Workspace, run: str, previous: dict[str, Any], fixes: Sequence[Correction],
+                          max_tokens: int, progress: bool, ask: Any = None) -> dict[str, dict[str, Any]]:
+    """The compared run's answers to the corrected questions: from its own eval where it answered
+    them, the rest generated now (a correction made after that eval, as `retrain` meets it)."""
+    import mlx.core as mx
+
+    answers = dict(((previous.get("scores") or {}).get("tuned") or {}).get("corrections") or {})
+    missing = [c for c in fixes if c.id not in answers]
+    if missing:
+        run_dir, manifest = _run_and_manifest(ws, run)
+        loaded = load_model(_base_ref(ws, run, manifest), adapter_path=run_dir, workspace_root=ws.root)
+        answers.update(answer_corrections(loaded, missing, _system_prompt(ws, run_dir, manifest),
+                                          max_tokens=max_tokens, label=run, progress=progress, ask=ask))
+        del loaded
+        mx.clear_cache()
+    return {c.id: answers[c.id] for c in fixes if c.id in answers}
 
 
 def _metrics(run_name: str, manifest: dict[str, Any], base_ref: str, settings_used: dict[str, Any],

@@ -250,4 +250,6 @@ def cached_records(metrics: dict[str, Any], label: str, fingerprint: str) -> dic
     for group in ("probes", "near_probes"):  # one question, one prompt: the same answer in either group
         for question, rec in (entry.get(group) or {}).items():
             out[f"probe:{question}"] = {"answer": rec["answer"]}
+    for cid, rec in (entry.get("corrections") or {}).items():  # evaluate/corrections.py's answers
+        out[f"correction:{cid}"] = {"answer": rec["answer"]}
     return out
