@@ -198,3 +198,21 @@ def test_compare_answers_the_corrections_with_the_old_run_when_its_eval_predates
     assert "closer to your corrections: F1 (2 questions)" in result.output
     report = (workspace / "eval" / "run-1" / "report.md").read_text()
     assert "| base (F1) | run-1 (compared) (F1) | run-1 (F1) |" in report
+
+
+def test_compare_with_a_run_that_is_gone_leaves_its_corrections_out(workspace):
+    first = _invoke(workspace, "eval", *EVAL_ARGS)
+    assert first.exit_code == 0, first.output
+    # run-0: an eval whose adapters were since deleted (its metrics copied from run-1's, renamed).
+    metrics = _metrics(workspace)
+    metrics["run"] = "run-0"
+    (workspace / "eval" / "run-0").mkdir()
+    (workspace / "eval" / "run-0" / "metrics.json").write_text(json.dumps(metrics))
+    add_correction(Workspace.at(workspace), Q1, "They are for comfort.", correction=FIX1, run="run-0")
+    result = _invoke(workspace, "eval", "--compare", "run-0", *EVAL_ARGS)
+    assert result.exit_code == 0, result.output
+    assert "run-0 cannot answer the 1 correction(s)" in result.output
+    new = _metrics(workspace)
+    assert new["comparison"]["corrections"]["questions"] == 0 and new["corrections"]["questions"] == 1
+    assert "closer to your corrections: F1 (1 question; " in result.output  # base and run-1 still measured
+    assert "closer to your corrections: F1 (1 question)" not in result.output  # no comparison row

@@ -86,9 +86,13 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     corrections = (metrics.get("corrections") or {}).get("summary") or {}
     if corrections.get("tuned", {}).get("questions"):  # [learn-from-use] evaluate/corrections.py
         away, n = corrections["corrected_away"], corrections["tuned"]["questions"]
-        rows.append((f"closer to your corrections: F1 ({n} questions; the corrected-away answers' {fmt(away['f1'])})",
+        rows.append((f"closer to your corrections: F1 ({_questions(n)}; the corrected-away answers' {fmt(away['f1'])})",
                      fmt(corrections["base"]["f1"]), fmt(corrections["tuned"]["f1"])))
     return rows
+
+
+def _questions(n: int) -> str:
+    return f"{n} question" if n == 1 else f"{n} questions"
 
 
 def corrections_line(summary: dict[str, Any], corrected_away: dict[str, Any]) -> str:
@@ -96,7 +100,7 @@ def corrections_line(summary: dict[str, Any], corrected_away: dict[str, Any]) ->
     answer's y", with style and on how many questions it beats the corrected-away answer."""
     return (f"closer to your corrections: F1 {fmt(summary['f1'])} vs the corrected-away answer's "
             f"{fmt(corrected_away['f1'])} (style {fmt(summary['style'])} vs {fmt(corrected_away['style'])}); "
-            f"above its F1 on {summary['closer']}/{summary['questions']} questions; F1 to the corrected-away "
+            f"above its F1 on {summary['closer']}/{_questions(summary['questions'])}; F1 to the corrected-away "
             f"answer {fmt(summary['f1_corrected_away'])} (lower: further from what you corrected)")
 
 
@@ -141,7 +145,7 @@ def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str
     if fixes.get("questions"):  # [learn-from-use] both runs on the questions corrected in chat
         a, b = fixes["old_summary"]["f1"], fixes["new_summary"]["f1"]
         verdict = "" if a is None or b is None or abs(a - b) <= 1e-9 else fixes["new"] if b > a else fixes["old"]
-        rows.append((f"closer to your corrections: F1 ({fixes['questions']} questions)", fmt(a), fmt(b), verdict))
+        rows.append((f"closer to your corrections: F1 ({_questions(fixes['questions'])})", fmt(a), fmt(b), verdict))
     return rows
 
 
@@ -207,7 +211,7 @@ def _correction_lines(metrics: dict[str, Any]) -> list[str]:
     left = [f"{section['superseded']} earlier `/fix` of a question corrected again"] if section["superseded"] else []
     left += [f"{section['good_marks']} `/good` marks"] if section["good_marks"] else []
     lines = ["## Your corrections", "",
-             f"{section['questions']} questions you corrected in chat (`/fix`, {section['file']}, the latest of each"
+             f"{_questions(section['questions'])} you corrected in chat (`/fix`, {section['file']}, the latest of each"
              f"{'; not measured: ' + ', '.join(left) if left else ''}), each asked as {section['prompt']}. F1 is "
              f"word overlap with your corrected answer, style the character n-gram TF-IDF cosine to it; the "
              f"corrected-away answer is what the partner said before you corrected it.", ""]

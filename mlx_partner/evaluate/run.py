@@ -32,7 +32,7 @@ from ..prompts import RAG_PASSAGES
 from ..retrieval import SourceIndex, build_index
 from ..runs import SYSTEM_PROMPT, find_run, read_manifest
 from ..sources.documents import load_documents
-from ..textfmt import utc_now
+from ..textfmt import stderr, utc_now
 from ..workspace import Workspace, atomic_write_json, atomic_write_text, workspace_lock
 from .corrections import (
     answer_corrections,
@@ -301,14 +301,21 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
 def _compared_corrections(ws: Workspace, run: str, previous: dict[str, Any], fixes: Sequence[Correction],
                           max_tokens: int, progress: bool, ask: Any = None) -> dict[str, dict[str, Any]]:
     """The compared run's answers to the corrected questions: from its own eval where it answered
-    them, the rest generated now (a correction made after that eval, as `retrain` meets it)."""
+    them, the rest generated now (a correction made after that eval, as `retrain` meets it). A run
+    whose adapters or base model are gone answers none: the comparison then shares fewer questions."""
     import mlx.core as mx
 
     answers = dict(((previous.get("scores") or {}).get("tuned") or {}).get("corrections") or {})
     missing = [c for c in fixes if c.id not in answers]
     if missing:
-        run_dir, manifest = _run_and_manifest(ws, run)
-        loaded = load_model(_base_ref(ws, run, manifest), adapter_path=run_dir, workspace_root=ws.root)
+        try:
+            run_dir, manifest = _run_and_manifest(ws, run)
+            base_ref = _base_ref(ws, run, manifest)
+        except (ModelError, TrainingError) as exc:
+            stderr(f"Note: {run} cannot answer the {len(missing)} correction(s) its eval predates ({exc}); "
+                   "they are left out of the comparison.")
+            return {c.id: answers[c.id] for c in fixes if c.id in answers}
+        loaded = load_model(base_ref, adapter_path=run_dir, workspace_root=ws.root)
         answers.update(answer_corrections(loaded, missing, _system_prompt(ws, run_dir, manifest),
                                           max_tokens=max_tokens, label=run, progress=progress, ask=ask))
         del loaded
