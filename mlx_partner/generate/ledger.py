@@ -4,6 +4,7 @@ changed, message batches a killed run left behind, and the rounds each batch sti
     done = finished_requests(read_jsonl(ws.ledger_path)[0])
     plans = plan_generation(batches, load_active_pairs(ws), done, settings.generate)
     append_ledger(ws, [record])      # every line gets "version": LEDGER_VERSION
+    tools_failed_before(ledger, url, model)   # a resumed run starts in JSON in text
 
 A request's key (batch id @ batch hash # round / prompt version) is what makes a run resumable:
 a key with an ok ledger record is never sent again. This module owns data/ledger.jsonl: one line
@@ -77,6 +78,25 @@ def unfinished_message_batches(ledger: Iterable[Mapping[str, Any]]) -> list[dict
     records = list(ledger)
     done = {r.get("id") for r in records if r.get("event") == "message_batch_done"}
     return [dict(r) for r in records if r.get("event") == "message_batch" and r.get("id") not in done]
+
+
+def tools_failed_before(ledger: Iterable[Mapping[str, Any]], generator: str, model: str) -> bool:
+    """True when an earlier run's tool requests to this generator (its URL) and model failed and
+    it went on in JSON in text, with no tool reply accepted since: a resumed run starts in JSON,
+    so it neither spends a (slow, local) request finding that out again nor asks a round
+    differently from the run it resumes."""
+    state = ""
+    for r in ledger:
+        if not generator or r.get("generator") != generator or r.get("model") != model or "mode" not in r:
+            continue
+        status = r.get("status", r.get("result"))
+        if r["mode"] == "tool" and status == "ok":
+            state = ""
+        elif r["mode"] == "tool" and status in ("invalid", "error"):  # malformed, or tools refused
+            state = "failed"  # (a network failure says nothing about tool use)
+        elif r["mode"] == "json" and state == "failed":
+            state = "switched"
+    return state == "switched"
 
 
 def from_planned_rounds(pair: Mapping[str, Any], batch: Batch) -> bool:

@@ -36,6 +36,7 @@ from .ledger import (
     asked_before,
     from_planned_rounds,
     load_active_pairs,
+    tools_failed_before,
     unfinished_message_batches,
 )
 from .plan import Prepared
@@ -101,6 +102,8 @@ class Session:
             }
         ledger, _ = read_jsonl(ws.ledger_path)
         self.open_batches = unfinished_message_batches(ledger)
+        if self.mode == "tool" and settings.output == "auto" and tools_failed_before(ledger, self.base_url, settings.model):
+            self.switch_to_json("this endpoint's tool calls failed in an earlier run (data/ledger.jsonl)")
         rejected, _ = read_jsonl(ws.rejected_path)
         self.rejected_at = {self._rejection_key(r) for r in rejected}
         self.absence: AbsenceCheck | None = None
