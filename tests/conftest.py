@@ -1,4 +1,5 @@
-"""Shared fixtures: every user path points into a temporary folder; tiny random llama and qwen2 models."""
+"""Shared fixtures: every user path points into a temporary folder; tiny random llama and qwen2 models;
+the example workspace (`ws`) and the fake Messages API the environment points at (`api`)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,33 @@ def demo_home(isolated_home, demo_wheel) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     (downloads / demo_wheel.name).symlink_to(demo_wheel)
     return isolated_home
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    """A copy of the example workspace (12 documents in 4 themes, ~7200 words, 64 pairs of which 8
+    are boundary pairs). Modules that need another workspace define their own `ws`."""
+    import shutil
+
+    root = tmp_path / "ws"
+    shutil.copytree(REPO / "sources", root / "sources")
+    shutil.copy(REPO / "profile.md", root / "profile.md")
+    return root
+
+
+@pytest.fixture
+def api(fake_anthropic, monkeypatch):
+    """The environment a user would set, pointed at the fake server (its key TEST_API_KEY); SDK
+    retries and batch polling kept fast."""
+    from fake_anthropic import TEST_API_KEY
+
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_API_KEY)
+    monkeypatch.delenv("ANTHROPIC_PROFILE", raising=False)
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_MAX_RETRIES", "3")
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_TIMEOUT", "20")
+    monkeypatch.setenv("MLX_PARTNER_GENERATE_POLL_INTERVAL", "0.01")
+    return fake_anthropic
 
 
 @pytest.fixture

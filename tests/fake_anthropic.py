@@ -72,6 +72,7 @@ from typing import Any
 
 from fake_boundary import boundary_pairs, probe_questions
 
+TEST_API_KEY = "sk-ant-test-key-0123456789abcdef"  # the key the tests' environment gives the SDK
 MIN_CACHEABLE = 1024
 MAX_CACHE_BLOCKS = 4
 CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

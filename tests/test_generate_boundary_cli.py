@@ -12,8 +12,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from test_generate_cli import KEY, REPO, api_calls, billed, generate, ledger, messages_sent, pairs
+from test_generate_cli import api_calls, billed, generate, ledger, messages_sent, pairs
 
 from mlx_partner.decline import opens_with_decline
 from mlx_partner.generate.boundary import absence_check, answerable_questions
@@ -21,27 +20,6 @@ from mlx_partner.generate.probes import PROBES_VERSION
 from mlx_partner.grounding import QuestionIndex, check_pair
 from mlx_partner.sources.documents import load_documents
 from mlx_partner.workspace import read_jsonl
-
-
-@pytest.fixture
-def ws(tmp_path) -> Path:
-    """A copy of the example workspace: 12 documents in 4 themes, 64 pairs (8 boundary pairs)."""
-    root = tmp_path / "ws"
-    shutil.copytree(REPO / "sources", root / "sources")
-    shutil.copy(REPO / "profile.md", root / "profile.md")
-    return root
-
-
-@pytest.fixture
-def api(fake_anthropic, monkeypatch):
-    """The fake server, as test_generate_cli.py points the environment at it."""
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_anthropic.url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
-    monkeypatch.delenv("ANTHROPIC_PROFILE", raising=False)
-    monkeypatch.setenv("MLX_PARTNER_GENERATE_MAX_RETRIES", "3")
-    monkeypatch.setenv("MLX_PARTNER_GENERATE_TIMEOUT", "20")
-    return fake_anthropic
-
 
 PROBE_KEYS = {"version", "id", "question", "coverage", "threshold", "model", "prompt_version", "created"}
 

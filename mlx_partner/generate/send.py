@@ -159,7 +159,9 @@ def send_message_batches(session: Session, client: Any, plans: list[BatchPlan]) 
             if resumed is not None:
                 try:
                     batch = client.messages.batches.retrieve(batch_id)
-                except anthropic.NotFoundError:  # expired or from another account: send anew
+                except anthropic.NotFoundError:  # past its retention, deleted, or another account's: send anew
+                    session.echo(f"Message batch {batch_id}, sent by an earlier run, is gone (404: past its "
+                                 f"retention, or deleted); sending its {len(by_id)} requests again.")
                     jobs = list(by_id.values()) + waiting
                     continue
                 session.echo(f"Collecting message batch {batch_id}, sent by an earlier run.")
