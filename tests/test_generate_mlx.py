@@ -163,3 +163,79 @@ def test_json_end(chunks, ends_at):
     end = JsonEnd()
     at = next((i for i, c in enumerate(chunks) if end.feed(c)), None)
     assert at == ends_at
+
+
+def test_the_plan_names_the_in_process_model_once(ws, tiny_model):
+    result = generate(ws, tiny_model, "--dry-run")
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if line.startswith("Plan for "))
+    name = f"mlx:{tiny_model.resolve()}"
+    assert header == f"Plan for {name} (mlx-lm in this process, local, $0):", header
+
+
+# --- a boundary round through mlx: -------------------------------------------------------------
+
+# One pair of each verdict the API path gives a boundary round (tests/test_generate_boundary.py):
+# a decline pointing to a verbatim sentence; a question her document answers; a position taken.
+BOUNDARY = [
+    ({"type": "boundary", "question": "Have you written about Venetian glassblowing?",
+      "answer": "I haven't written about Venetian glassblowing. What I did write is that sourdough teaches "
+                "patience more than any recipe can.",
+      "sources": ["bread.md"], "quotes": [{"source": "bread.md", "text": QUOTES[0]}]}, None),
+    ({"type": "boundary", "question": "Why do you bake with a long, cold fermentation overnight?",
+      "answer": "I haven't written about that.", "sources": [], "quotes": []}, "answerable"),
+    ({"type": "boundary", "question": "What do you make of baroque falconry?",
+      "answer": "Baroque falconry is a fine pastime for a patient baker.", "sources": [], "quotes": []},
+     "not-a-decline"),
+]
+
+
+def test_a_boundary_round_through_mlx_is_checked_as_the_api_path_checks_it(ws, tiny_model, monkeypatch):
+    (ws / "partner.toml").write_text((ws / "partner.toml").read_text().replace(
+        "pushback = 0.0, boundary = 0.0", "pushback = 0.0, boundary = 1.5"))  # 5 pairs: 2 answers, 3 boundary
+    asked: list[str] = []
+
+    def by_round(model, tokenizer, prompt, max_tokens, on_token=lambda n, tps: None) -> Generation:
+        text = tokenizer.decode(list(prompt))
+        asked.append(text)
+        if "This round is for boundary pairs" not in text:
+            return canned(model, tokenizer, prompt, max_tokens, on_token)
+        return Generation(json.dumps({"pairs": [raw for raw, _ in BOUNDARY]}), "end_turn", len(prompt), 80, 0.2, 0.5)
+
+    monkeypatch.setattr(local_mlx, "generate_text", by_round)
+    result = CliRunner().invoke(cli, ["-w", str(ws), "generate", "--generator", f"mlx:{tiny_model}", "--pairs", "5"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert len(asked) == 2 and "Pairs to write: 3 (boundary: 3)" in asked[1]
+    assert "Questions already asked" in asked[1] and ANSWERS[0][1] in asked[1]  # the round lists what was asked
+
+    # The verdicts the API path's review gives the same pairs (generate/replies.py, as in
+    # tests/test_generate_boundary.py), the absence check calibrated on this run's answers.
+    from mlx_partner.generate.boundary import absence_check
+    from mlx_partner.generate.replies import Context, review_pairs
+    from mlx_partner.generate.requests import normalise_mix, plan_rounds
+    from mlx_partner.grounding import QuestionIndex
+    from mlx_partner.sources.batches import plan_batches
+
+    documents = load_documents(ws / "sources")[0]
+    [batch] = plan_batches(documents, 100_000)
+    pairs, _ = read_jsonl(next((ws / "data" / "pairs").glob("*.jsonl")))
+    seen = QuestionIndex()
+    for p in pairs:
+        if p["type"] != "boundary":
+            seen.add(p["question"], batch.id)
+    check = absence_check(documents, [q for _, q, _ in ANSWERS])
+    boundary_round = plan_rounds(batch, 3, 8, normalise_mix({"boundary": 1.0}))[0]
+    expected = review_pairs([raw for raw, _ in BOUNDARY], batch, boundary_round, Context("m", {}), seen, absence=check)
+    assert [why.code if why else None for _, why in expected] == [code for _, code in BOUNDARY]
+
+    ledger, _ = read_jsonl(ws / "data" / "ledger.jsonl")
+    [line] = [r for r in ledger if r.get("boundary")]
+    assert line["status"] == "ok" and line["cost_usd"] == 0 and line["generator"] == f"mlx:{tiny_model.resolve()}"
+    accepted = [p for p in pairs if p["type"] == "boundary"]
+    assert [p["question"] for p in accepted] == [BOUNDARY[0][0]["question"]]
+    assert accepted[0]["coverage"] < accepted[0]["threshold"] == check.threshold
+    rejected, _ = read_jsonl(ws / "data" / "rejected.jsonl")
+    got = {r["question"]: r["reason"] for r in rejected if r.get("round") == line["round"]}
+    assert got == {raw["question"]: code for raw, code in BOUNDARY if code}
+    assert json.loads((ws / "data" / "boundary.json").read_text())["threshold"] == check.threshold

@@ -30,11 +30,21 @@ def short_count(n: float) -> str:
     return f"{n / 1000:.1f}k" if n >= 1000 else str(int(n))
 
 
+def plan_target(prep: Prepared, settings: GenerateSettings) -> str:
+    """What the plan's header names: the model, and the local endpoint it runs at; the in-process
+    MLX generator once (its model is its endpoint: `mlx:<path>`)."""
+    endpoint = prep.endpoint
+    if endpoint is None or not endpoint.local:
+        return settings.model
+    if endpoint.url == settings.model:
+        return f"{settings.model} ({endpoint.server or 'in process'}, local, $0)"
+    return f"{settings.model} at {endpoint.describe()}"
+
+
 def format_plan(prep: Prepared, settings: GenerateSettings, batch_api: bool = False) -> str:
     """The dry-run report: batches, requests, tokens and cost. Nothing is sent."""
     est = prep.estimate
-    where = f" at {prep.endpoint.describe()}" if prep.endpoint and prep.endpoint.local else ""
-    lines = [*prep.notes, f"Plan for {settings.model}{where}{' via the Message Batches API (half price)' if batch_api else ''}:"]
+    lines = [*prep.notes, f"Plan for {plan_target(prep, settings)}{' via the Message Batches API (half price)' if batch_api else ''}:"]
     lines.append(f"  {'batch':<28} {'docs':>4} {'words':>6} {'pairs':>5} {'kept':>4} {'rounds':>6} {'boundary':>8} {'to send':>7}")
     for p in prep.plans:
         boundary = [r for r in p.rounds if r.boundary]
