@@ -85,6 +85,8 @@ class TrainSettings:
     steps_per_eval: int = _f(0, "Validate every N steps (0 = about 8 times a run).")
     val_batches: int = _f(-1, "Validation batches (-1 = the whole valid set).")
     patience: int = _f(3, "Stop after this many validations without improvement (0 = never).")
+    min_steps_fraction: float = _f(0.5, "No early stop before this share of the planned iterations, so the "
+                                   "schedule has its chance (0 = early stopping may fire at any validation).")
     grad_checkpoint: bool = _f(False, "Recompute activations to save memory.")
     mask_prompt: bool = _f(True, "Train on the answers only.")
     seed: int = _f(0, "Seed for training.")

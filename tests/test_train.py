@@ -151,14 +151,22 @@ def test_manifest_takes_the_dataset_hash_from_dataset_json(tmp_path):
     assert dataset_info(ws, data)["hash"] == "sha256:1234"
 
 
-def test_early_stopping_stops_and_keeps_the_best(tiny_model, tmp_path):
+@pytest.mark.parametrize("fraction, validations", [
+    (0.0, [4, 9]),  # no minimum: the next validation after the best stops it
+    (0.5, [4, 9, 14]),  # not before iteration 10 of 20: the first validation from there on stops it
+])
+def test_early_stopping_stops_and_keeps_the_best(tiny_model, tmp_path, fraction, validations):
     ws = write_data(tmp_path)
-    # A learning rate of zero never improves on the first validation: patience 1 stops at the next.
-    result = run_train(ws, settings(tiny_model, learning_rate=0.0, patience=1, iters=20), run_name="flat", progress=False)
+    # A learning rate of zero never improves on the first validation (mlx-lm validates before
+    # steps 5, 10, 15, 20, so at iterations 4, 9, 14, 19): patience 1 stops at the next one.
+    s = settings(tiny_model, learning_rate=0.0, patience=1, iters=20, min_steps_fraction=fraction)
+    result = run_train(ws, s, run_name="flat", progress=False)
     m = read_manifest(result.run_dir)
     assert result.stopped_early and m["stopped_early"] and m["status"] == "finished"
     assert result.iterations < 20
-    assert len([v for v in m["metrics"]["valid"] if v["iteration"] >= 1]) == 2
+    assert [v["iteration"] for v in m["metrics"]["valid"] if v["iteration"] >= 1] == validations
+    assert m["best"]["iteration"] == 4
+    assert m["settings"]["min_steps_fraction"] == fraction  # recorded with the other settings
 
 
 def _interrupt_at(monkeypatch, iteration: int, exc: BaseException) -> None:

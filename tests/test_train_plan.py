@@ -22,7 +22,7 @@ from mlx_partner.memory import (
     suggest,
 )
 from mlx_partner.plots import loss_plot as write_loss_png
-from mlx_partner.train.schedule import best_checkpoint, plan_schedule, should_stop
+from mlx_partner.train.schedule import best_checkpoint, earliest_stop, plan_schedule, should_stop
 
 
 @pytest.mark.parametrize(
@@ -86,6 +86,42 @@ def test_best_checkpoint(history, best):
 )
 def test_early_stopping(history, patience, stop):
     assert should_stop(history, patience) is stop
+
+
+PLATEAU = [v(0, 2), v(9, 1.5), v(19, 1.6), v(29, 1.7), v(39, 1.8), v(49, 1.9)]
+
+
+@pytest.mark.parametrize(
+    "history, patience, earliest, stop",
+    [
+        (PLATEAU[:4], 2, 0, True),  # no minimum: patience alone
+        (PLATEAU[:4], 2, 30, False),  # patience run out at 29, but not before iteration 30
+        (PLATEAU[:5], 2, 30, True),  # the first validation from 30 on stops it (patience counts all)
+        (PLATEAU[:5], 2, 39, True),  # the minimum itself may stop
+        (PLATEAU[:5], 2, 40, False),
+        (PLATEAU, 0, 0, False),  # patience 0 = never, whatever the minimum
+        ([v(0, 2), v(9, 1.5), v(19, 1.6), v(29, 1.7), v(39, 1.4)], 2, 30, False),  # improved again
+        ([], 1, 0, False),
+    ],
+)
+def test_early_stopping_waits_for_the_minimum(history, patience, earliest, stop):
+    assert should_stop(history, patience, earliest) is stop
+
+
+@pytest.mark.parametrize(
+    "fraction, iters, earliest",
+    [
+        (0.5, 36, 18),  # the default: half the planned iterations
+        (0.5, 7, 4),  # rounded up
+        (0.0, 36, 0),  # off
+        (1.0, 36, 36),  # only the last validation (or none) may stop it
+        (2.0, 36, 36),  # clamped to the run
+        (-1.0, 36, 0),
+    ],
+)
+def test_earliest_stop_is_a_share_of_the_planned_iterations(fraction, iters, earliest):
+    s = replace(TrainSettings(), iters=iters, min_steps_fraction=fraction)
+    assert earliest_stop(s, plan_schedule(400, s)) == earliest
 
 
 SMOLLM2 = {

@@ -42,7 +42,7 @@ from ..testhooks import reached
 from ..textfmt import stderr
 from .data import Data
 from .resume import batch_order, random_key
-from .schedule import KEEP_CHECKPOINTS, Schedule, lr_schedule, should_stop
+from .schedule import KEEP_CHECKPOINTS, Schedule, earliest_stop, lr_schedule, should_stop
 
 TRAINER_FINAL = ".trainer-final.safetensors"  # where mlx-lm's own final save goes (see run_trainer)
 
@@ -284,7 +284,7 @@ class Monitor(TrainingCallback):
             self.m["best"] = {"iteration": it, "val_loss": info["val_loss"]}
         self.write()
         self.show(it, newline=True)
-        if should_stop(valid, self.s.patience):
+        if should_stop(valid, self.s.patience, earliest_stop(self.s, self.sched)):
             raise EarlyStop()
 
     # helpers -------------------------------------------------------------------------------

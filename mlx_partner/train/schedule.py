@@ -2,7 +2,8 @@
 
 Nothing here touches a file or MLX, so every rule is a table-driven test (tests/test_train_plan.py).
 Small-data defaults: epochs become iterations, warmup then cosine decay, validation about 8 times
-a run over the whole valid set, the best validation kept, early stopping with patience.
+a run over the whole valid set, the best validation kept, early stopping with patience (counted
+in validations) once at least half the planned iterations are done.
 """
 
 from __future__ import annotations
@@ -90,9 +91,22 @@ def best_checkpoint(valid: list[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-def should_stop(valid: list[dict[str, Any]], patience: int) -> bool:
-    """True once `patience` validations in a row have not beaten the best one (pure)."""
-    if patience <= 0:
+def earliest_stop(s: TrainSettings, sched: Schedule) -> int:
+    """The first iteration at which early stopping may fire: `min_steps_fraction` of the planned
+    iterations (0 = from the start). Before it a warmup-and-cosine run is still at a high learning
+    rate, where a few validations without improvement say little about where it ends up."""
+    fraction = min(max(s.min_steps_fraction, 0.0), 1.0)
+    return math.ceil(fraction * sched.iters)
+
+
+def should_stop(valid: list[dict[str, Any]], patience: int, earliest: int = 0) -> bool:
+    """True once `patience` validations in a row have not beaten the best one, and the latest
+    validation is at iteration `earliest` or later (pure).
+
+    Patience counts validations, not iterations, and it counts those before `earliest` too: a run
+    whose best is long past stops at the first validation from `earliest` on.
+    """
+    if patience <= 0 or not valid or valid[-1]["iteration"] < earliest:
         return False
     best = best_checkpoint(valid)
     if best is None:
