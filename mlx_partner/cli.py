@@ -734,6 +734,8 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
 @click.option("--continue", "continue_", is_flag=True, help="Start from the latest run's adapters instead of the base model.")
 @click.option("--force", is_flag=True, help="Retrain even if nothing changed.")
 @click.option("--dry-run", is_flag=True, help="Only say what changed since the latest run; do nothing.")
+@click.option("--no-generate", is_flag=True,
+              help="Send nothing: retrain on the pairs and corrections already here (offline, no API key).")
 @click.option("--run", "run_name", help="Name of the new run (default: run-<date>-<time>).")
 @click.option("--no-fuse", is_flag=True, help="Skip fusing the new run into models/<run>/.")
 @click.option("--limit", type=click.IntRange(min=1), help="Held-out questions answered in the evaluation (default 20).")
@@ -741,8 +743,8 @@ def eval_command(app: App, run_name: str | None, limit: int, loss_limit: int, pr
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @train_setting_flags(from_latest_run=True)
 @pass_app
-def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str | None, no_fuse: bool,
-            limit: int | None, max_tokens: int | None, quiet: bool, **flags) -> None:
+def retrain(app: App, continue_: bool, force: bool, dry_run: bool, no_generate: bool, run_name: str | None,
+            no_fuse: bool, limit: int | None, max_tokens: int | None, quiet: bool, **flags) -> None:
     """After you add or change documents: generate, rebuild, train, fuse and evaluate again.
 
     Only what changed is generated (batches whose documents changed); the earlier test pairs
@@ -760,20 +762,23 @@ def retrain(app: App, continue_: bool, force: bool, dry_run: bool, run_name: str
       mlx-partner retrain                      # a new run from the base model
       mlx-partner retrain --continue           # ... or from the latest adapters
       mlx-partner retrain --learning-rate 3e-4 # the latest run's recipe, one setting changed
+      mlx-partner retrain --no-generate        # only your chat corrections are new: no API
     """
     from .retrain import format_comparison, pending_changes, run_retrain
 
     ws = app.workspace
     if dry_run:
-        changes = pending_changes(ws, app.settings, flags)
+        changes = pending_changes(ws, app.settings, flags, generate=not no_generate)
         if not changes.anything:
             click.echo(f"Nothing changed since run {changes.latest_run or '(none yet)'}.")
         for reason in changes.reasons:
             click.echo(f"Changed: {reason}.")
+        for skipped in changes.not_generated:
+            click.echo(f"Not generating (--no-generate): {skipped}.")
         return
     result = run_retrain(ws, app.settings, force=force, continue_=continue_, run_name=run_name, fuse=not no_fuse,
                          limit=limit, max_tokens=max_tokens, progress=not quiet, train_flags=flags,
-                         echo=lambda line: click.echo(line, err=True))
+                         generate=not no_generate, echo=lambda line: click.echo(line, err=True))
     if result.skipped:
         click.echo(f"Nothing changed since run {result.old_run}: no new or changed documents, nothing to generate, "
                    f"and the dataset is the one it was trained on. Nothing was done (use --force to retrain anyway).")

@@ -61,6 +61,7 @@ class Changes:
     settings_changed: tuple[str, ...] = ()  # training settings that differ from the latest run's
     new_corrections: int = 0  # corrections made in chat (/fix, /good) since the latest run started
     reasons: tuple[str, ...] = ()
+    not_generated: tuple[str, ...] = ()  # document changes left for a later retrain (--no-generate)
 
     @property
     def anything(self) -> bool:
@@ -146,21 +147,24 @@ def _settings_reason(recipe: Recipe) -> str:
     return f"training settings differ from {from_run(recipe.from_run)}'s: {shown}"
 
 
-def pending_changes(ws: Workspace, settings: Settings, train_flags: dict[str, Any] | None = None) -> Changes:
+def pending_changes(ws: Workspace, settings: Settings, train_flags: dict[str, Any] | None = None, *,
+                    generate: bool = True) -> Changes:
     """Documents, generation rounds, pairs and training settings that are new since the latest run;
-    nothing is written."""
+    nothing is written. With generate=False the documents' changes are not reasons: the retrain
+    is then about the pairs, corrections and settings alone (nothing is sent, nothing retired)."""
     latest = _latest(ws)
     prep = prepare(ws, settings.generate, settings.sources)
     new, changed, removed = describe_documents(prep.previous_hashes, prep.hashes)
     todo = [p for p in prep.plans if p.todo]
     outdated = _dataset_outdated(ws, latest[1] if latest else None)
-    reasons = []
+    documents = []
     if new or changed or removed:
-        reasons.append(f"documents: {len(new)} new, {len(changed)} changed, {len(removed)} removed")
+        documents.append(f"documents: {len(new)} new, {len(changed)} changed, {len(removed)} removed")
     if todo:
-        reasons.append(f"{sum(len(p.todo) for p in todo)} generation requests to send for {', '.join(p.batch.id for p in todo)}")
+        documents.append(f"{sum(len(p.todo) for p in todo)} generation requests to send for {', '.join(p.batch.id for p in todo)}")
     if prep.stale:
-        reasons.append(f"{len(prep.stale)} pairs to retire (their sources changed or were removed)")
+        documents.append(f"{len(prep.stale)} pairs to retire (their sources changed or were removed)")
+    reasons = list(documents) if generate else []
     if outdated:
         reasons.append(outdated)
     fresh = corrections_since(ws, str(latest[1].get("started") or "")) if latest else []
@@ -180,6 +184,7 @@ def pending_changes(ws: Workspace, settings: Settings, train_flags: dict[str, An
         settings_changed=tuple(recipe.differs_from_run) if settings_reason and recipe else (),
         new_corrections=len(fresh),
         reasons=tuple(reasons),
+        not_generated=() if generate else tuple(documents),
     )
 
 
@@ -207,11 +212,12 @@ class RetrainResult:
 def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, continue_: bool = False,
                 run_name: str | None = None, fuse: bool = True, limit: int | None = None,
                 max_tokens: int | None = None, progress: bool = True, echo: Echo | None = None,
-                train_flags: dict[str, Any] | None = None) -> RetrainResult:
+                train_flags: dict[str, Any] | None = None, generate: bool = True) -> RetrainResult:
     """Generate what changed, rebuild the dataset (test pairs kept), train, fuse and evaluate.
 
     The new run repeats the latest run's recipe (base model and training settings) except where
-    `train_flags` (None = not given) or a setting changed since that run say otherwise.
+    `train_flags` (None = not given) or a setting changed since that run say otherwise. With
+    generate=False nothing is sent or retired: the pairs and corrections on disk are the data.
     """
     say: Echo = echo or (lambda _s: None)
     with workspace_lock(ws, "retrain"):
@@ -222,16 +228,19 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
                 f"`mlx-partner generate`, `mlx-partner dataset` and `mlx-partner train`."
             )
         old_dir, old_manifest = latest
-        changes = pending_changes(ws, settings, train_flags)
+        changes = pending_changes(ws, settings, train_flags, generate=generate)
         recipe = retrain_recipe(ws, settings, old_manifest, train_flags)
         result = RetrainResult(changes=changes, old_run=old_dir.name, recipe=recipe)
         if not changes.anything and not force:
             return result
         for reason in changes.reasons:
             say(f"Changed: {reason}.")
+        for skipped in changes.not_generated:
+            say(f"Not generating (--no-generate): {skipped}; a later `mlx-partner retrain` sends them.")
 
         # 1. Generation, only for what changed (generate skips every request its ledger has done).
-        _generate_changes(ws, settings, changes, result, say)
+        if generate:
+            _generate_changes(ws, settings, changes, result, say)
 
         # 2. The dataset, with the earlier test pairs pinned so the two runs are scored alike.
         for line in recipe.lines():

@@ -191,3 +191,30 @@ def test_a_new_correction_alone_is_reason_to_retrain(workspace):
     trained_on = (workspace / "data" / "train.jsonl").read_text()
     assert "Time, mostly." in trained_on and "What makes a loaf good?" in trained_on  # the correction is data now
     assert "Nothing changed" in invoke(workspace, "retrain", "--dry-run").output
+
+
+def test_no_generate_retrains_on_corrections_where_documents_were_never_generated(trained, tmp_path, monkeypatch):
+    """The demo's workspace: hand-written pairs, documents never sent to `generate`. A correction
+    made in chat is retrained on offline with --no-generate; without it retrain wants to send the
+    documents (and, with no key, says so and does nothing)."""
+    from mlx_partner.corrections import add_correction
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws, symlinks=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    add_correction(Workspace.at(ws), "What makes a loaf good?", "Flour.", correction="Time, mostly.")
+
+    plain = invoke(ws, "retrain", "--dry-run")
+    assert "generation requests to send" in plain.output
+    dry = invoke(ws, "retrain", "--dry-run", "--no-generate")
+    assert "Changed: 1 new correction from chat since run" in dry.output
+    assert "generation requests" not in dry.output.split("Not generating")[0]
+    assert "Not generating (--no-generate): documents:" in dry.output
+
+    result = invoke(ws, "retrain", "--no-generate", *EVAL)
+    assert result.exit_code == 0, result.output
+    assert len(runs(ws)) == 2 and not (ws / "data" / "pairs").exists()  # nothing was generated
+    assert "Time, mostly." in (ws / "data" / "train.jsonl").read_text()
+    assert "Nothing changed" in invoke(ws, "retrain", "--dry-run", "--no-generate").output
