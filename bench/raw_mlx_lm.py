@@ -5,11 +5,20 @@ Raw mlx-lm runs exactly the flow of `python -m mlx_lm lora` (its CONFIG_DEFAULTS
 `load_dataset`, `train_model`, its own progress table), through a few lines of `python -c` that
 add a TrainingCallback appending each report as JSON to a file. `mlx-partner train` runs through
 its console script (which picks the fast BLAS itself) and its metrics come from manifest.json.
+
+A raw run can stop at a plateau: `"plateau_patience": N` in its config (not an mlx-lm setting; it
+is taken out before mlx-lm sees the config) ends it once N validations in a row have not beaten its
+best (`plateaued`, the same rule `mlx-partner train`'s patience follows, with no minimum). mlx-lm's
+`train()` has no stop hook, so the callback raises a private exception from `on_val_loss_report`;
+it unwinds mlx-lm's loop (its progress display closes on the way out, and the final adapter save
+is skipped, which a benchmark does not need), and the script records where it stopped. This is how
+`mlx-partner train` itself stops early (train/loop.py's EarlyStop).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -28,23 +37,51 @@ from mlx_lm.tuner.callbacks import TrainingCallback
 from mlx_lm.tuner.datasets import load_dataset
 from mlx_lm.utils import load
 
+sys.path.insert(0, sys.argv[3])  # bench/: the plateau rule, a pure function tested on its own
+from raw_mlx_lm import plateaued
+
 cfg = dict(lora.CONFIG_DEFAULTS)
 cfg.update(json.loads(sys.argv[1]))
+patience = int(cfg.pop("plateau_patience", 0))  # the benchmark's, not an mlx-lm setting
 cfg["train"] = True
 args = types.SimpleNamespace(**cfg)
 out = open(sys.argv[2], "a")
 
+class Plateau(Exception):
+    pass  # raised from the callback: the only way to end mlx-lm's train() early
+
 class Report(TrainingCallback):
+    def __init__(self):
+        self.losses = []  # validations after training began (iteration 0 is the base model)
     def on_train_loss_report(self, info):
         out.write(json.dumps({"kind": "train", "time": time.time(), **info}) + "\n"); out.flush()
     def on_val_loss_report(self, info):
         out.write(json.dumps({"kind": "valid", "time": time.time(), **info}) + "\n"); out.flush()
+        if info["iteration"] >= 1:
+            self.losses.append(info["val_loss"])
+            if plateaued(self.losses, patience):
+                raise Plateau(info["iteration"])
 
 np.random.seed(args.seed)
 model, tokenizer = load(args.model)
 train_set, valid_set, _ = load_dataset(args, tokenizer)
-lora.train_model(args, model, train_set, valid_set, training_callback=Report())
+try:
+    lora.train_model(args, model, train_set, valid_set, training_callback=Report())
+except Plateau as stop:
+    out.write(json.dumps({"kind": "plateau", "time": time.time(), "iteration": stop.args[0]}) + "\n")
 """
+
+
+def plateaued(losses: list[float], patience: int) -> bool:
+    """True once the last `patience` validation losses have not beaten the best before them
+    (equal is no improvement; NaN never improves; patience 0 = never). Pure."""
+    if patience <= 0:
+        return False
+    best_at, best = None, math.inf
+    for i, loss in enumerate(losses):
+        if math.isfinite(loss) and loss < best:
+            best_at, best = i, loss
+    return best_at is not None and len(losses) - 1 - best_at >= patience
 
 
 @dataclass
@@ -55,6 +92,9 @@ class Run:
     wall_s: float
     train: list[dict] = field(default_factory=list)
     valid: list[dict] = field(default_factory=list)  # {"iteration", "val_loss", "elapsed_s"}
+    stopped: str = ""  # why it ended before its iterations: "plateau" (raw) or "early stop" (ours)
+    iterations: int = 0  # iterations trained
+    name: str = ""  # ours: the run's name in the workspace (kept there with keep=True)
 
     @property
     def tokens_per_second(self) -> float:
@@ -111,7 +151,8 @@ def run_raw(label: str, config: dict, env: dict[str, str], workdir: Path, timeou
     adapter_path = workdir / f"raw-{time.time_ns()}"
     config = {**config, "adapter_path": str(adapter_path)}
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", RAW, json.dumps(config), str(log)], env=env,
+    bench = str(Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-c", RAW, json.dumps(config), str(log), bench], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=timeout)
     wall = time.time() - t0
     if proc.returncode != 0:
@@ -121,8 +162,12 @@ def run_raw(label: str, config: dict, env: dict[str, str], workdir: Path, timeou
         r = json.loads(line)
         if r["kind"] == "train":
             run.train.append(r)
+        elif r["kind"] == "plateau":
+            run.stopped = f"plateau at iteration {r['iteration']}"
         else:
             run.valid.append({"iteration": r["iteration"], "val_loss": r["val_loss"], "elapsed_s": r["time"] - t0})
+    # mlx-lm validates before a step (its iteration is the steps done) and reports after one
+    run.iterations = max([r["iteration"] for r in run.train + run.valid], default=0)
     shutil.rmtree(adapter_path, ignore_errors=True)
     return run
 
@@ -132,7 +177,9 @@ def partner_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "mlx_partner"]
 
 
-def run_ours(label: str, workspace: Path, flags: list[str], env: dict[str, str], timeout: float) -> Run:
+def run_ours(label: str, workspace: Path, flags: list[str], env: dict[str, str], timeout: float,
+             keep: bool = False) -> Run:
+    """`mlx-partner train` in `workspace`; its run folder is removed after, unless `keep` (for eval)."""
     name = f"bench-{time.time_ns()}"
     t0 = time.time()
     proc = subprocess.run([*partner_command(), "-w", str(workspace), "train", "--quiet", "--run", name, *flags],
@@ -142,20 +189,29 @@ def run_ours(label: str, workspace: Path, flags: list[str], env: dict[str, str],
         raise SystemExit(f"mlx-partner train failed ({label}):\n{proc.stdout[-1000:]}\n{proc.stderr[-2000:]}")
     run_dir = workspace / "adapters" / name
     m = json.loads((run_dir / "manifest.json").read_text())
-    run = Run(label, wall, train=m["metrics"]["train"])
+    run = Run(label, wall, train=m["metrics"]["train"], name=name,
+              stopped="early stop" if m.get("stopped_early") else "", iterations=m.get("iterations_done", 0))
     run.valid = [{"iteration": v["iteration"], "val_loss": v["val_loss"], "elapsed_s": v["time"] - t0}
                  for v in m["metrics"]["valid"]]
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
     return run
 
 
-def scratch_workspace(source: Path) -> Path:
-    """A temporary workspace holding a copy of source/data, so benchmarks leave no runs behind."""
+def scratch_workspace(source: Path, with_sources: bool = False) -> Path:
+    """A temporary workspace holding a copy of source/data, so benchmarks leave no runs behind;
+    with_sources, also sources/ and profile.md (what `mlx-partner eval` reads besides data/)."""
     data = source / "data"
     if not (data / "train.jsonl").exists():
         raise SystemExit(f"No dataset in {data}: run `mlx-partner dataset` there first, or pass --workspace.")
     ws = Path(tempfile.mkdtemp(prefix="mlx-partner-bench-"))
     shutil.copytree(data, ws / "data", ignore=shutil.ignore_patterns("pairs", "*.log"))
+    if with_sources:
+        if not (source / "sources").is_dir():
+            raise SystemExit(f"No sources/ in {source}: `mlx-partner eval` needs her writing.")
+        shutil.copytree(source / "sources", ws / "sources")
+        if (source / "profile.md").exists():
+            shutil.copy2(source / "profile.md", ws / "profile.md")
     return ws
 
 
