@@ -14,7 +14,9 @@ a seeded selection), on:
   her writing does not answer, never trained on), on the built-in far probes, and false declines on
   held-out questions she did answer;
 - retrieval: how often the top passage for a held-out question is from the document its pair
-  cites, and how many quoted spans in the answers occur in her writing.
+  cites, and how many quoted spans in the answers occur in her writing;
+- contradictions: held-out answers with a sentence that turns one of hers over (her cited essays'
+  and the top passages'), negation flips only: a narrow lower bound, in code, no model.
 
 Modules, each importing only those above it in this list:
 
@@ -24,6 +26,7 @@ Modules, each importing only those above it in this list:
   examples.py  the held-out conversations, keyed by content, with their kind and cited documents,
                and a seeded selection of them
   grounded.py  retrieval accuracy, quoted spans checked against the sources, probe coverage
+  contradiction.py  answers that contradict her writing: negation flips of her sentences (a lower bound)
   summary.py   means over one model's records; two runs compared on the pairs both share
   scoring.py   one model over the examples (mlx): answer loss, greedy answers; the record cache
   report.py    the CLI's summary rows, report.md and chart.png
@@ -35,6 +38,7 @@ the module that defines them.
 
 from __future__ import annotations
 
+from .contradiction import Flip, SourceSentence, her_sentences, negation_flips, split_sentences
 from .examples import (
     EvalExample,
     example_key,
@@ -71,7 +75,9 @@ __all__ = [
     "PROBES_FILE",
     "EvalExample",
     "EvalResult",
+    "Flip",
     "NearProbes",
+    "SourceSentence",
     "StyleModel",
     "answer_loss",
     "answer_losses",
@@ -79,9 +85,11 @@ __all__ = [
     "comparison_rows",
     "example_key",
     "fit_style",
+    "her_sentences",
     "install_probes",
     "lcs_length",
     "load_examples",
+    "negation_flips",
     "plain_question",
     "probe_coverage",
     "probe_questions",
@@ -96,6 +104,7 @@ __all__ = [
     "run_eval",
     "score_model",
     "select_examples",
+    "split_sentences",
     "split_meta",
     "summarize",
     "summary_rows",

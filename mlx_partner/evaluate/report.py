@@ -17,8 +17,8 @@ from ..decline import DECLINE_PHRASE
 from ..plots import bar_chart
 from ..textfmt import md_table
 
-__all__ = ["CHART_METRICS", "COMPARE_ROWS", "DECLINE_ROWS", "comparison_rows", "corrections_line", "fmt",
-           "passages_line", "render_report", "retrieval_line", "summary_rows", "write_chart"]
+__all__ = ["CHART_METRICS", "COMPARE_ROWS", "CONTRADICTION_ROW", "DECLINE_ROWS", "comparison_rows", "contradiction_line",
+           "corrections_line", "fmt", "passages_line", "render_report", "retrieval_line", "summary_rows", "write_chart"]
 
 # The three decline figures (and the held-out boundary pairs'): (row name, share key, count key).
 DECLINE_ROWS = (
@@ -40,6 +40,9 @@ COMPARE_ROWS = (
     ("false declines (answerable)", None, "abstained_answerable", "lower"),
     ("quoted spans verified", None, "quotes_verified", "higher"),
 )
+
+# evaluate/contradiction.py's count, as n/N in both tables (fewer is better)
+CONTRADICTION_ROW = "answers contradicting her writing (negation flips, a lower bound)"
 
 # The chart's groups: (label, summary key), all on a 0..1 scale.
 CHART_METRICS = (("F1", "f1"), ("ROUGE-L", "rouge_l"), ("style", "style"), ("near declines", "near_declines"),
@@ -83,12 +86,37 @@ def summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((name, share(base, key, count), share(tuned, key, count)))
     rows.append(("quoted spans found in your writing", share(base, "quotes_verified", "quote_spans"),
                  share(tuned, "quotes_verified", "quote_spans")))
+    rows.append((CONTRADICTION_ROW, _flips(base), _flips(tuned)))
     corrections = (metrics.get("corrections") or {}).get("summary") or {}
     if corrections.get("tuned", {}).get("questions"):  # [learn-from-use] evaluate/corrections.py
         away, n = corrections["corrected_away"], corrections["tuned"]["questions"]
         rows.append((f"closer to your corrections: F1 ({_questions(n)}; the corrected-away answers' {fmt(away['f1'])})",
                      fmt(corrections["base"]["f1"]), fmt(corrections["tuned"]["f1"])))
     return rows
+
+
+def _flips(summary: dict[str, Any]) -> str:
+    """Answers with a negation flip of her writing, of those checked: "k/n" ("-": none checked, or
+    an eval made before it was measured)."""
+    checked = summary.get("contradiction_checked") or 0
+    return f"{summary.get('contradicted_answers', 0)}/{checked}" if checked else "-"
+
+
+def contradiction_line(metrics: dict[str, Any]) -> str:
+    """The contradiction count of both models and what it is (and is not); '' for an eval made
+    before it was measured."""
+    rule = metrics.get("contradiction")
+    if not rule:
+        return ""
+    base, tuned = metrics["summary"]["base"], metrics["summary"]["tuned"]
+    return (f"Answers contradicting her writing (negation flips, a lower bound): base {_flips(base)}, "
+            f"{metrics['run']} {_flips(tuned)} of the held-out answers that do not decline. Each answer sentence "
+            f"is compared, clause by clause, with every sentence of the documents its pair cites and of the "
+            f"{rule['passages']} passages retrieval finds for its question: a flip is a clause of the answer and "
+            f"one of hers that share at least {rule['min_overlap']:.0%} of their content words (of whichever has "
+            f"more), exactly one of the two negated (not, no, never, n't, nothing, nobody, none, neither, nor, "
+            f"cannot). Deliberately narrow: "
+            f"a contradiction in other words is not caught, so 0 does not mean none.")
 
 
 def _questions(n: int) -> str:
@@ -141,6 +169,10 @@ def comparison_rows(comparison: dict[str, Any]) -> list[tuple[str, str, str, str
         if a is not None and b is not None and abs(a - b) > 1e-9:
             verdict = comparison["new"] if (b < a) == (better == "lower") else comparison["old"]
         rows.append((name, fmt(a), fmt(b), verdict))
+    a, b = old.get("contradicted"), new.get("contradicted")
+    if a is not None or b is not None:  # evaluate/contradiction.py: fewer is better
+        verdict = "" if a is None or b is None or abs(a - b) <= 1e-9 else comparison["new"] if b < a else comparison["old"]
+        rows.append((CONTRADICTION_ROW, _flips(old), _flips(new), verdict))
     fixes = comparison.get("corrections") or {}
     if fixes.get("questions"):  # [learn-from-use] both runs on the questions corrected in chat
         a, b = fixes["old_summary"]["f1"], fixes["new_summary"]["f1"]
@@ -188,7 +220,7 @@ def render_report(metrics: dict[str, Any]) -> str:
             md_table(["metric", comparison["old"], comparison["new"], "better"], comparison_rows(comparison)),
             "",
         ]
-    lines += _correction_lines(metrics) + _retrieval_lines(metrics)
+    lines += _correction_lines(metrics) + _retrieval_lines(metrics) + _contradiction_lines(metrics)
     return "\n".join(lines + _answer_lines(metrics) + _probe_lines(metrics, "near_probes") + _probe_lines(metrics, "probes"))
 
 
@@ -237,6 +269,25 @@ def _retrieval_lines(metrics: dict[str, Any]) -> list[str]:
             for i in r.get("items", [])]
     return ["## Retrieval", "", retrieval_line(metrics), "",
             md_table(["question", "cited", "top passage (document:line)", "cited?"], rows), ""]
+
+
+def _contradiction_lines(metrics: dict[str, Any]) -> list[str]:
+    """The "Contradictions" section: the count, then each flagged answer sentence beside the
+    sentence of hers it turns over, quoted with where it is, so the author can check each one."""
+    line = contradiction_line(metrics)
+    if not line:
+        return []
+    questions = {ex["key"]: ex["question"] for ex in metrics["examples"]}
+    lines = ["## Contradictions", "", line, ""]
+    for label, name in (("base", "base"), ("tuned", metrics["run"])):
+        for key, item in metrics["scores"][label]["answers"].items():
+            for flip in item.get("contradictions") or ():
+                lines += [f"- *{name}*, Q: {_quote(questions.get(key, key), 160)}",
+                          f"  - answer: \"{_quote(flip['answer'])}\"",
+                          f"  - her writing ({flip['where']}): \"{_quote(flip['source'])}\"", ""]
+    if len(lines) == 4:
+        lines += ["No answer sentence turns one of hers over.", ""]
+    return lines
 
 
 def _answer_lines(metrics: dict[str, Any]) -> list[str]:

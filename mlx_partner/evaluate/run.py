@@ -34,6 +34,7 @@ from ..runs import SYSTEM_PROMPT, find_run, read_manifest
 from ..sources.documents import load_documents
 from ..textfmt import stderr, utc_now
 from ..workspace import Workspace, atomic_write_json, atomic_write_text, workspace_lock
+from .contradiction import add_contradictions, contradiction_method
 from .corrections import (
     answer_corrections,
     compare_corrections,
@@ -78,6 +79,8 @@ METRICS_FILE = "metrics.json"
 # 2: near-domain probes (scores.*.near_probes), answers' expects_decline and quotes, the decline and
 # quote figures in the summary, "retrieval" and "near_probes" at the top. 3: "corrections" at the top
 # and scores.*.corrections (evaluate/corrections.py); an older file has none, read as not measured.
+# Still 3, added without a bump since nothing else moved: "contradiction" at the top and each answer's
+# "contradictions" (evaluate/contradiction.py; None for a decline); a file without them reads as not measured.
 METRICS_VERSION = 3  # bump when the layout changes, and teach read_metrics the older ones
 REPORT_FILE = "report.md"
 CHART_FILE = "chart.png"
@@ -277,6 +280,7 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
         found = fixes_to_measure(ws)  # [learn-from-use] chat's /fix answers
         scores = _score_both(ws, run_name, run_dir, base_ref, common, seed, score, found.fixes)
         _add_quotes(scores, texts, {ex.key: plain_question(ex.question) for ex in held.answered})
+        add_contradictions(scores, held.answered, documents, index)  # from the answers, cached or not
         retrieval = {**retrieval_accuracy(index, held.split), "probes": probe_coverage(index, near.questions)}
 
         settings_used = {"limit": limit, "probes": probes, "near_probes": near_probes, "max_tokens": max_tokens,
@@ -284,6 +288,7 @@ def run_eval(ws: Workspace, settings: Settings, run: str | None = None, *, limit
         metrics = _metrics(run_name, manifest, base_ref, settings_used, held.answered, system_prompt, style, scores)
         metrics["near_probes"] = {"file": near.path, "questions": len(near.questions), "skipped": near.skipped}
         metrics["retrieval"] = retrieval
+        metrics["contradiction"] = contradiction_method()
         metrics["passages"] = passages_record(ask is not None)
         metrics["corrections"] = corrections_section(found, {k: v["corrections"] for k, v in scores.items()}, style,
                                                      passages=score.get("ask") is not None)

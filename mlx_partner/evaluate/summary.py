@@ -35,6 +35,8 @@ def summarize(scores: dict[str, Any], keys: set[str] | None = None,
     the share of held-out questions the author did answer that were declined (false declines,
     lower is better). `boundary_declines` is the share of held-out boundary pairs declined, and
     `quotes_verified` the share of quoted spans in all generated answers found in her writing.
+    `contradicted` is the share of the `contradiction_checked` held-out answers (those not declined)
+    with a negation flip of one of her sentences, `contradicted_answers` their number.
     """
     out: dict[str, Any] = {}
     for split in ("test", "valid"):
@@ -63,6 +65,11 @@ def summarize(scores: dict[str, Any], keys: set[str] | None = None,
     out["grounded"] = _share(p["abstained"] for p in far)
     out["near_probes"] = len(near)
     out["near_declines"] = _share(p["abstained"] for p in near)
+    # Negation flips against her writing (evaluate/contradiction.py): a lower bound; declines unchecked.
+    checked = [a for a in answers if a.get("contradictions") is not None]
+    out["contradiction_checked"] = len(checked)
+    out["contradicted_answers"] = sum(1 for a in checked if a["contradictions"])
+    out["contradicted"] = _share(bool(a["contradictions"]) for a in checked)
     quotes = [q for r in [*answers, *far, *near] for q in r.get("quotes") or ()]
     out["quote_spans"] = len(quotes)
     out["quotes_verified"] = _share(q.get("verified") for q in quotes)
