@@ -50,7 +50,7 @@ class GenerateSettings:
     concurrency: int = _f(4, "Requests in flight at once.")
     max_retries: int = _f(4, "SDK retries for 429, 5xx, 529 and timeouts (with backoff, honouring retry-after).")
     timeout: float = _f(120.0, "Seconds before one request times out.")
-    max_tokens: int = _f(8192, "Largest reply, in tokens.")
+    max_tokens: int = _f(8192, "Largest reply, in tokens (held to the model's output limit where that is lower, e.g. claude-3-haiku's 4096).")
     validation_retries: int = _f(2, "Times a reply that fails validation is asked again.")
     output: str = _f("auto", "Structured output: 'tool' (forced tool use), 'json' (JSON in text) or 'auto'.")
     poll_interval: float = _f(10.0, "Seconds between status checks of a Message Batch (--batch-api).")

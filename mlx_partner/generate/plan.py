@@ -10,6 +10,7 @@ probe request when data/probes.jsonl is to be written.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from .requests import (
     Price,
     build_request,
     normalise_mix,
+    output_limit,
     price_for,
     request_tokens,
 )
@@ -186,18 +188,33 @@ def check_settings(settings: GenerateSettings) -> None:
     normalise_mix(settings.mix)
 
 
+def fit_to_model(settings: GenerateSettings) -> tuple[GenerateSettings, list[str]]:
+    """max_tokens held to the model's output limit (requests.OUTPUT_LIMITS), which the API
+    enforces with a 400 on every request; the line that says so. A model not in the table keeps
+    the configured value."""
+    known = output_limit(settings.model)
+    if known is None or settings.max_tokens <= known[1]:
+        return settings, []
+    family, limit = known
+    note = f"max_tokens {settings.max_tokens} is above {family}'s {limit} output limit: using {limit}"
+    return dataclasses.replace(settings, max_tokens=limit), [note]
+
+
 def configure_endpoint(ws: Workspace, settings: GenerateSettings, sources: SourcesSettings, environ: Mapping[str, str],
                        *, batch_api: bool = False) -> tuple[Endpoint, GenerateSettings, SourcesSettings, list[str]]:
     """The run's endpoint (a loopback server is asked what it is) and the settings fitted to it:
-    local defaults, batches and replies sized to its context window. Refuses --batch-api locally."""
+    max_tokens held to the model's output limit, local defaults, batches and replies sized to its
+    context window (after that limit). Refuses --batch-api locally."""
     check_settings(settings)
     if mlx_model_ref(settings.generator) is not None:  # the in-process MLX generator (local_mlx.py)
         return mlx_endpoint(ws, settings, sources, batch_api=batch_api, profile=load_profile(ws))
     endpoint = resolve_endpoint(environ, settings)
     if batch_api and endpoint.local:
         raise ConfigError(f"--batch-api needs the Message Batches API, which the local endpoint {endpoint.url} does not have; run without it.")
+    # A local server's model name is its own: the Claude limits are for the API's models.
+    settings, limited = fit_to_model(settings) if not endpoint.local else (settings, [])
     settings, sources, notes = fit_to_endpoint(endpoint, settings, sources, load_profile(ws) if endpoint.context_tokens else "")
-    return endpoint, settings, sources, notes
+    return endpoint, settings, sources, limited + notes
 
 
 def prepare(

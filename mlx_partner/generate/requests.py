@@ -1,5 +1,5 @@
-"""Generation requests, pure: prices, how many pairs a batch gets in how many rounds, and the
-Messages API request for one round (instructions, document blocks, tool schema).
+"""Generation requests, pure: prices and output limits, how many pairs a batch gets in how many
+rounds, and the Messages API request for one round (instructions, document blocks, tool schema).
 
     rounds = plan_rounds(batch, n_pairs=12, per_round=6, mix=normalise_mix(settings.mix))
     params = build_request(rounds[0], batch, docs, profile, asked=[], model=..., max_tokens=..., mode="tool")
@@ -70,6 +70,27 @@ def price_for(model: str) -> Price:
         if family in model.lower():
             return price
     return Price("sonnet (assumed)", PRICES["sonnet"].input, PRICES["sonnet"].output, known=False)
+
+
+# The most output tokens a request may ask for, by model-id prefix (first match wins), from
+# Anthropic's models overview and model pages. Only families whose limit can bind are here: every
+# other Claude model allows 64K-128K, above generate's own 21000 ceiling (check_settings). A name
+# not here (a local server's, GLM behind a proxy, a future model) is not limited by us.
+OUTPUT_LIMITS = (
+    ("claude-3-haiku", 4096),
+    ("claude-3-opus", 4096),
+    ("claude-3-sonnet", 4096),
+    ("claude-3-5-", 8192),  # claude-3-5-sonnet, claude-3-5-haiku
+    ("claude-opus-4-0", 32000),
+    ("claude-opus-4-1", 32000),
+    ("claude-opus-4-2025", 32000),  # claude-opus-4-20250514
+)
+
+
+def output_limit(model: str) -> tuple[str, int] | None:
+    """(family, limit) of a model in OUTPUT_LIMITS: ("claude-3-haiku", 4096); None where it is not known."""
+    name = model.lower()
+    return next(((prefix.rstrip("-"), limit) for prefix, limit in OUTPUT_LIMITS if name.startswith(prefix)), None)
 
 
 # --- plan: how many pairs, in how many rounds --------------------------------------------------
