@@ -92,6 +92,7 @@ class Knobs:
     fine_tune_type: str
     lora_rank: int
     grad_checkpoint: bool
+    rows_per_example: int = 1  # sequences each example puts through the model: 2 for orpo/dpo (chosen, rejected)
 
     def flags(self, before: Knobs) -> list[str]:
         """The CLI flags that turn `before` into these knobs."""
@@ -150,7 +151,8 @@ class MemoryPlan:
         k = self.knobs
         compute = "float32 (CPU)" if self.on_cpu else (f"{self.arch.bits}-bit" if self.arch.bits else "16-bit")
         out = [
-            f"Memory plan ({compute}, batch {k.batch_size} x {self.seq_len} tokens, {k.fine_tune_type} on "
+            f"Memory plan ({compute}, batch {k.batch_size}{' pairs (chosen + rejected)' if k.rows_per_example == 2 else ''}"
+            f" x {self.seq_len} tokens, {k.fine_tune_type} on "
             f"{k.num_layers} layers{', gradient checkpointing' if k.grad_checkpoint else ''}):",
             f"  weights      {e.weights / gb:6.2f} GB  ({self.arch.params / 1e6:,.0f}M parameters)",
             f"  trainable    {e.trainable / gb:6.2f} GB  ({e.trainable_params / 1e6:,.2f}M parameters, gradients, Adam state)",
@@ -185,9 +187,10 @@ def estimate(arch: Arch, k: Knobs, seq_len: int, on_cpu: bool) -> Estimate:
         trainable_params = layers * sum(per_linear)
     # float32 parameter copy (full) or LoRA weights, + gradient + two Adam moments
     trainable = trainable_params * 4.0 * (3 if k.fine_tune_type == "full" else 4)
-    tokens = k.batch_size * seq_len
+    rows = k.batch_size * k.rows_per_example
+    tokens = rows * seq_len
     per_layer = tokens * (K_HIDDEN * arch.hidden + K_INTERMEDIATE * arch.intermediate) * act_bytes
-    per_layer += k.batch_size * arch.heads * seq_len * seq_len * 2 * act_bytes
+    per_layer += rows * arch.heads * seq_len * seq_len * 2 * act_bytes
     # Gradients flow down only to the lowest adapted layer, so only those layers keep activations.
     kept_layers = layers
     if k.grad_checkpoint:

@@ -116,9 +116,11 @@ def should_stop(valid: list[dict[str, Any]], patience: int, earliest: int = 0) -
 
 
 def knobs(s: TrainSettings) -> Knobs:
-    """The settings that move peak memory, for the memory plan."""
+    """The settings that move peak memory, for the memory plan. A preference step (orpo, dpo)
+    puts each example through the model twice, chosen and rejected: twice the activations."""
     return Knobs(s.batch_size, s.grad_accumulation, s.max_seq_length, s.num_layers,
-                 s.fine_tune_type, s.lora_rank, s.grad_checkpoint)
+                 s.fine_tune_type, s.lora_rank, s.grad_checkpoint,
+                 rows_per_example=1 if s.method == "sft" else 2)
 
 
 def fit_layers(s: TrainSettings, n_layers: int) -> TrainSettings:
