@@ -1,5 +1,6 @@
 """Shared fixtures: every user path points into a temporary folder; tiny random llama and qwen2 models;
-the example workspace (`ws`) and the fake Messages API the environment points at (`api`)."""
+the example workspace (`ws`), the same trained by `dataset` and `train` on the tiny model
+(`trained_example_workspace`), and the fake Messages API the environment points at (`api`)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,40 @@ def ws(tmp_path) -> Path:
     shutil.copytree(REPO / "sources", root / "sources")
     shutil.copy(REPO / "profile.md", root / "profile.md")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_example_workspace(tiny_model):
+    """A factory: `build(root, iters=2, probes=True, max_seq_length=384, extra_toml="", run="run-1")`
+    copies the example workspace to `root` (sources/, profile.md, examples/pairs.jsonl as
+    data/pairs/hand.jsonl and, with `probes`, examples/probes.jsonl as data/probes.jsonl), writes a
+    partner.toml training the tiny model (`max_seq_length=None` leaves the default; `extra_toml` is
+    appended after the [train] table), and runs `dataset` and `train --quiet --run <run>` through the
+    CLI. Call it from a module-scoped fixture: each module gets its own copy, as eval writes into it."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from mlx_partner.cli import cli
+
+    def build(root: Path, *, iters: int = 2, probes: bool = True, max_seq_length: int | None = 384,
+              extra_toml: str = "", run: str = "run-1") -> Path:
+        shutil.copytree(REPO / "sources", root / "sources")
+        shutil.copy(REPO / "profile.md", root / "profile.md")
+        (root / "data" / "pairs").mkdir(parents=True)
+        shutil.copy(REPO / "examples" / "pairs.jsonl", root / "data" / "pairs" / "hand.jsonl")
+        if probes:
+            shutil.copy(REPO / "examples" / "probes.jsonl", root / "data" / "probes.jsonl")
+        toml = f'[train]\nbase_model = "{tiny_model}"\niters = {iters}\nbatch_size = 2\n'
+        if max_seq_length is not None:
+            toml += f"max_seq_length = {max_seq_length}\n"
+        (root / "partner.toml").write_text(toml + extra_toml, encoding="utf-8")
+        for args in (["dataset"], ["train", "--quiet", "--run", run]):
+            result = CliRunner().invoke(cli, ["-w", str(root), *args])
+            assert result.exit_code == 0, result.output
+        return root
+
+    return build
 
 
 @pytest.fixture

@@ -102,19 +102,9 @@ def _invoke(ws: Path, *args: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model, tmp_path_factory):
-    """A workspace with the example's pairs, a dataset and one short run (as test_evaluate.py's)."""
-    ws = tmp_path_factory.mktemp("evalfix") / "ws"
-    shutil.copytree(REPO / "sources", ws / "sources")
-    shutil.copy(REPO / "profile.md", ws / "profile.md")
-    (ws / "data" / "pairs").mkdir(parents=True)
-    shutil.copy(REPO / "examples" / "pairs.jsonl", ws / "data" / "pairs" / "hand.jsonl")
-    (ws / "partner.toml").write_text(
-        f'[train]\nbase_model = "{tiny_model}"\niters = 2\nbatch_size = 2\nmax_seq_length = 384\n', encoding="utf-8")
-    for args in (["dataset"], ["train", "--quiet", "--run", "run-1"]):
-        result = _invoke(ws, *args)
-        assert result.exit_code == 0, result.output
-    return ws
+def trained(trained_example_workspace, tmp_path_factory):
+    """A workspace with the example's pairs (no probes), a dataset and one short run."""
+    return trained_example_workspace(tmp_path_factory.mktemp("evalfix") / "ws", probes=False)
 
 
 @pytest.fixture

@@ -242,9 +242,6 @@ def test_bar_chart_draws_bars_of_the_right_height(tmp_path):
 
 # --- the command, on the tiny model ------------------------------------------------------------
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
-
-
 def _invoke(ws, *args):
     from click.testing import CliRunner
 
@@ -254,22 +251,9 @@ def _invoke(ws, *args):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model, tmp_path_factory):
-    """A workspace with the example's hand-written pairs, a dataset and one short run."""
-    import shutil
-
-    ws = tmp_path_factory.mktemp("eval") / "ws"
-    shutil.copytree(REPO / "sources", ws / "sources")
-    shutil.copy(REPO / "profile.md", ws / "profile.md")
-    (ws / "data" / "pairs").mkdir(parents=True)
-    shutil.copy(REPO / "examples" / "pairs.jsonl", ws / "data" / "pairs" / "hand.jsonl")
-    shutil.copy(REPO / "examples" / "probes.jsonl", ws / "data" / "probes.jsonl")
-    (ws / "partner.toml").write_text(
-        f'[train]\nbase_model = "{tiny_model}"\niters = 2\nbatch_size = 2\nmax_seq_length = 384\n', encoding="utf-8")
-    for args in (["dataset"], ["train", "--quiet", "--run", "run-1"]):
-        result = _invoke(ws, *args)
-        assert result.exit_code == 0, result.output
-    return ws
+def trained(trained_example_workspace, tmp_path_factory):
+    """A workspace with the example's hand-written pairs and probes, a dataset and one short run."""
+    return trained_example_workspace(tmp_path_factory.mktemp("eval") / "ws")
 
 
 EVAL_ARGS = ("--limit", "3", "--probes", "2", "--near-probes", "3", "--max-tokens", "6", "--quiet")

@@ -9,7 +9,6 @@ cache without generating again.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -131,23 +130,9 @@ def test_summary_and_comparison_count_flips_as_n_of_checked():
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model, tmp_path_factory) -> Path:
-    """The example workspace with its hand-written pairs, a dataset and one short run."""
-    from click.testing import CliRunner
-
-    from mlx_partner.cli import cli
-
-    ws = tmp_path_factory.mktemp("eval-contradiction") / "ws"
-    shutil.copytree(REPO / "sources", ws / "sources")
-    shutil.copy(REPO / "profile.md", ws / "profile.md")
-    (ws / "data" / "pairs").mkdir(parents=True)
-    shutil.copy(REPO / "examples" / "pairs.jsonl", ws / "data" / "pairs" / "hand.jsonl")
-    (ws / "partner.toml").write_text(
-        f'[train]\nbase_model = "{tiny_model}"\niters = 1\nbatch_size = 2\nmax_seq_length = 384\n', encoding="utf-8")
-    for args in (["dataset"], ["train", "--quiet", "--run", "run-1"]):
-        result = CliRunner().invoke(cli, ["-w", str(ws), *args])
-        assert result.exit_code == 0, result.output
-    return ws
+def trained(trained_example_workspace, tmp_path_factory) -> Path:
+    """The example workspace with its hand-written pairs (no probes), a dataset and one short run."""
+    return trained_example_workspace(tmp_path_factory.mktemp("eval-contradiction") / "ws", iters=1, probes=False)
 
 
 def _planted_flip(text: str) -> tuple[str, str]:

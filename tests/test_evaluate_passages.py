@@ -7,7 +7,6 @@ summary say so. On the example corpus and the tiny model.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from mlx_partner.evaluate.examples import EvalExample, carries_passages, plain_q
 from mlx_partner.prompts import RAG_HEADER, with_passages
 from mlx_partner.retrieval import Passage
 
-REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are the author."
 PASSAGE = Passage("streets/bench.md", "The Bench", 1, 0, 23, "A bench is an argument.")
 ASKED = with_passages("Why count benches?", [PASSAGE])
@@ -42,21 +40,11 @@ def _invoke(ws: Path, *args: str):
 
 
 @pytest.fixture(scope="module")
-def passages_ws(tiny_model, tmp_path_factory) -> Path:
-    """The example workspace, its dataset built with passages, one short run (rag) on the tiny model."""
-    ws = tmp_path_factory.mktemp("eval-passages") / "ws"
-    shutil.copytree(REPO / "sources", ws / "sources")
-    shutil.copy(REPO / "profile.md", ws / "profile.md")
-    (ws / "data" / "pairs").mkdir(parents=True)
-    shutil.copy(REPO / "examples" / "pairs.jsonl", ws / "data" / "pairs" / "hand.jsonl")
-    shutil.copy(REPO / "examples" / "probes.jsonl", ws / "data" / "probes.jsonl")
-    (ws / "partner.toml").write_text(
-        f'[train]\nbase_model = "{tiny_model}"\niters = 1\nbatch_size = 2\n\n[dataset]\npassages = true\n',
-        encoding="utf-8")
-    for args in (["dataset"], ["train", "--quiet", "--run", "rag"]):
-        result = _invoke(ws, *args)
-        assert result.exit_code == 0, result.output
-    return ws
+def passages_ws(trained_example_workspace, tmp_path_factory) -> Path:
+    """The example workspace, its dataset built with passages, one short run (rag) on the tiny model
+    (max_seq_length left at its default: the passages make the examples long)."""
+    return trained_example_workspace(tmp_path_factory.mktemp("eval-passages") / "ws", iters=1,
+                                     max_seq_length=None, extra_toml="\n[dataset]\npassages = true\n", run="rag")
 
 
 def test_a_passages_run_is_asked_every_question_as_chat_rag_asks_it(passages_ws, tiny_model, monkeypatch):
