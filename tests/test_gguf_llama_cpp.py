@@ -2,10 +2,11 @@
 continues a rendered partner prompt greedily as the fused MLX model does, and its embedded chat
 template renders the partner's system prompt when the client sends none.
 
-Slow, and skipped without a `llama-server` binary: on PATH, or named by LLAMA_SERVER
-(`tests/../shared/tools/build-llama-server.sh`, or any llama.cpp build, makes one):
+Slow, and skipped without a `llama-server` binary: named by LLAMA_SERVER, on PATH, or the one
+`shared/tools/build-llama-server.sh` leaves in ~/.cache/llama-server-build-* (harness.py finds it,
+as it does for test_generate_llama_server.py):
 
-    LLAMA_SERVER=~/.cache/llama-server-build-*/build/bin/llama-server python -m pytest -m slow tests/test_gguf_llama_cpp.py
+    python -m pytest -m slow tests/test_gguf_llama_cpp.py
 
 Tiny random llama and qwen2 models check the layout (tensor names, Q/K permutation, biases, tied
 and padded embeddings, pre-tokenizers) through each position's top-5 log-probabilities, which
@@ -17,9 +18,6 @@ checks the greedy continuation itself: 32 tokens, or top-1 agreement of at least
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -27,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import cli_env, run_cli
+from harness import LLAMA_SERVER_MISSING, cli_env, free_port, llama_server_binary, run_cli
 from test_fuse import SYSTEM, make_run, write_test_split
 
 from mlx_partner.cli import cli
@@ -40,20 +38,8 @@ GREEDY_TOKENS = 32
 NEAR_TIE = 0.01
 
 
-def llama_server_binary() -> str | None:
-    path = os.environ.get("LLAMA_SERVER") or shutil.which("llama-server")
-    return path if path and Path(path).is_file() else None
+needs_llama_server = pytest.mark.skipif(llama_server_binary() is None, reason=LLAMA_SERVER_MISSING)
 
-
-needs_llama_server = pytest.mark.skipif(
-    llama_server_binary() is None,
-    reason="no llama-server: put one on PATH or name it in LLAMA_SERVER (shared/tools/build-llama-server.sh builds one)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LlamaServer:

@@ -19,16 +19,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import cli_env, start_cli
+from harness import cli_env, free_port, start_cli
 from test_fuse import SYSTEM, make_run, write_test_split
 
 from mlx_partner.cli import cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
