@@ -236,7 +236,7 @@ def run_retrain(ws: Workspace, settings: Settings, *, force: bool = False, conti
         for reason in changes.reasons:
             say(f"Changed: {reason}.")
         for skipped in changes.not_generated:
-            say(f"Not generating (--no-generate): {skipped}; a later `mlx-partner retrain` sends them.")
+            say(f"Not generating (--no-generate): {skipped}; a later `mlx-partner retrain` without it takes them up.")
 
         # 1. Generation, only for what changed (generate skips every request its ledger has done).
         if generate:
