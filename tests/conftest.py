@@ -49,6 +49,14 @@ def demo_wheel(tmp_path_factory) -> Path:
     return demo_wheel_or_skip(tmp_path_factory.mktemp("demo-wheel"))
 
 
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory) -> str:
+    """A real llama.cpp `llama-server` binary: found, else built once for this CPU; else skip."""
+    from harness import llama_server_or_skip
+
+    return llama_server_or_skip(tmp_path_factory.mktemp("llama-server") / "build.log")
+
+
 @pytest.fixture
 def demo_home(isolated_home, demo_wheel) -> Path:
     """The isolated home with the demo wheel linked into downloads/: the demo model imports offline."""

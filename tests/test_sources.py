@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,16 +193,51 @@ def test_unreadable_file_is_skipped(tmp_path, monkeypatch):
     assert [(s.path, s.reason) for s in skipped] == [("locked.md", "unreadable (Permission denied)")]
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
+# Root reads any file through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH; dropped from the effective set
+# (allowed without privilege), root meets file permissions like anyone else. Linux capget/capset.
+_AS_ONE_WITHOUT_OVERRIDE = """
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+header, data = Header(0x20080522, 0), (Data * 2)()
+if libc.capget(ctypes.byref(header), data) != 0:
+    sys.exit("capget failed")
+data[0].effective &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+if libc.capset(ctypes.byref(header), data) != 0:
+    sys.exit("capset failed")
+from pathlib import Path
+from mlx_partner.sources.documents import load_documents
+_, skipped = load_documents(Path(sys.argv[1]))
+print(json.dumps([[s.path, s.reason] for s in skipped]))
+"""
+
+
+def _load_skipped_as_unprivileged(root: Path) -> list[list[str]]:
+    """load_documents' skipped list, read the way a normal user's process reads: as this user, or,
+    as root, in a child without the capabilities that let root read any file."""
+    if os.geteuid() != 0:
+        return [[s.path, s.reason] for s in load_documents(root)[1]]
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _AS_ONE_WITHOUT_OVERRIDE, str(root)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(os.name != "posix" or (os.geteuid() == 0 and not sys.platform.startswith("linux")),
+                    reason="POSIX file permissions (as root: Linux capabilities)")
 def test_unreadable_file_by_permissions(tmp_path):
     write(tmp_path, "good.md", BODY)
     locked = write(tmp_path, "locked.md", BODY + "more")
     locked.chmod(0)
     try:
-        _, skipped = load_documents(tmp_path)
+        skipped = _load_skipped_as_unprivileged(tmp_path)
     finally:
         locked.chmod(0o644)
-    assert skipped[0].reason.startswith("unreadable")
+    assert skipped == [["locked.md", "unreadable (Permission denied)"]]
 
 
 def test_ids_themes_hidden_files_and_duplicates(tmp_path):
