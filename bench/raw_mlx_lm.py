@@ -13,6 +13,13 @@ best (`plateaued`, the same rule `mlx-partner train`'s patience follows, with no
 it unwinds mlx-lm's loop (its progress display closes on the way out, and the final adapter save
 is skipped, which a benchmark does not need), and the script records where it stopped. This is how
 `mlx-partner train` itself stops early (train/loop.py's EarlyStop).
+
+Both sides validate on every valid example: mlx-lm's validation takes whole batches only (4 of 7
+examples at batch 4, the first 4 in file order, as its CacheDataset's length sort compares dicts'
+key counts), `mlx-partner train` adds the remainder as one smaller batch
+(train/resume.py's `whole_set_batches`); the raw script uses the same for its validations (a
+measurement, not a training change; `"whole_valid": false` in its config turns it off), so the
+two losses are over the same tokens.
 """
 
 from __future__ import annotations
@@ -43,6 +50,13 @@ from raw_mlx_lm import plateaued
 cfg = dict(lora.CONFIG_DEFAULTS)
 cfg.update(json.loads(sys.argv[1]))
 patience = int(cfg.pop("plateau_patience", 0))  # the benchmark's, not an mlx-lm setting
+if cfg.pop("whole_valid", True):  # measure on every valid example, as mlx-partner train does
+    from mlx_lm.tuner import trainer
+    from mlx_partner.train.resume import whole_set_batches
+    _evaluate = trainer.evaluate
+    def evaluate(*a, iterate_batches=trainer.iterate_batches, **k):
+        return _evaluate(*a, iterate_batches=whole_set_batches(iterate_batches), **k)
+    trainer.evaluate = evaluate  # train() calls it by this global name
 cfg["train"] = True
 args = types.SimpleNamespace(**cfg)
 out = open(sys.argv[2], "a")

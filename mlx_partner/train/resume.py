@@ -94,8 +94,10 @@ def batch_order(s: TrainSettings, offset: int) -> Callable[..., Iterator[Any]]:
             return trainer.iterate_batches(dataset=dataset, batch_size=batch_size, max_seq_length=max_seq_length,
                                            seed=n, comm_group=comm_group)
 
-        if not loop:
-            yield from epoch(s.seed)
+        if not loop:  # validation: every example, not only the whole batches
+            yield from whole_set_batches(trainer.iterate_batches)(
+                dataset=dataset, batch_size=batch_size, max_seq_length=max_seq_length, seed=s.seed,
+                comm_group=comm_group)
             return
         n, skip = divmod(offset, max(len(dataset) // batch_size, 1))
         while True:
@@ -103,3 +105,33 @@ def batch_order(s: TrainSettings, offset: int) -> Callable[..., Iterator[Any]]:
             n, skip = n + 1, 0
 
     return iterate
+
+
+def whole_set_batches(iterate_batches: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """`iterate_batches` for validation that covers every example, the remainder too.
+
+    mlx-lm makes whole batches only (range(0, n - batch_size + 1, batch_size)), so validation with
+    7 examples and batch 4 measured 4 of them, whichever come first in its order; the loss then
+    jumped with the order and the batch size. Here the leftover examples follow as one smaller
+    batch (with more than one process: when they split evenly between them). The loss is summed
+    per token, so the smaller batch weighs what its tokens weigh."""
+
+    def iterate(dataset: Any, batch_size: int, max_seq_length: int, loop: bool = False,
+                seed: int | None = None, comm_group: Any = None) -> Iterator[Any]:
+        yield from iterate_batches(dataset=dataset, batch_size=batch_size, max_seq_length=max_seq_length,
+                                   loop=loop, seed=seed, comm_group=comm_group)
+        size = comm_group.size() if comm_group is not None else 1
+        left = len(dataset) % batch_size
+        if loop or not left or left % size:
+            return
+        order = sorted(range(len(dataset)), key=lambda i: _length(dataset, i))  # mlx-lm's batching order
+        rest = [dataset[i] for i in order[len(dataset) - left:]]
+        yield from iterate_batches(dataset=rest, batch_size=left, max_seq_length=max_seq_length,
+                                   comm_group=comm_group)
+
+    return iterate
+
+
+def _length(dataset: Any, i: int) -> int:
+    """The length mlx-lm sorts by: CacheDataset.itemlen, else the token count of a processed item."""
+    return dataset.itemlen(i) if hasattr(dataset, "itemlen") else len(dataset[i][0])
