@@ -17,8 +17,8 @@ model's answers are scored once and reused by every later config's eval (eval's 
     python bench/recipe_sweep.py ... --config "--learning-rate 2e-4 --epochs 6" --config "" \\
         --eval --eval-args "--limit 20"
 
-Grid keys: lr, epochs, iters, rank, scale, layers, batch, accum, warmup, patience, minsteps
-(scale, warmup and minsteps have no flag: they go in the scratch partner.toml). Runs one at a time; run it alone on the machine.
+Grid keys: lr, epochs, iters, rank, scale, layers, batch, accum, warmup, patience, minsteps, dropout
+(scale, warmup, minsteps and dropout have no flag: they go in the scratch partner.toml). Runs one at a time; run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from raw_mlx_lm import partner_command, plain_env, run_ours, scratch_workspace  
 FLAGS = {"lr": "--learning-rate", "epochs": "--epochs", "iters": "--iters", "rank": "--lora-rank",
          "layers": "--num-layers", "batch": "--batch-size", "accum": "--grad-accumulation",
          "patience": "--patience"}
-TOML = {"warmup": "warmup_fraction", "scale": "lora_scale", "minsteps": "min_steps_fraction"}
+TOML = {"warmup": "warmup_fraction", "scale": "lora_scale", "minsteps": "min_steps_fraction", "dropout": "lora_dropout"}
 # What a row keeps of eval's summary of each model (metrics.json "summary"): key -> table heading
 EVAL_FIGURES = {"f1": "F1", "style": "style", "test_loss": "test", "near_declines": "near",
                 "grounded": "far", "abstained_answerable": "false"}

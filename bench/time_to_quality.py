@@ -12,7 +12,10 @@ same OpenBLAS we use, so the comparison is about the recipe (learning rate, sche
 early stopping), not the BLAS. Ours: `mlx-partner train` with its defaults (pass more with
 --ours "--epochs 2"). Time counts from process launch to the first validation at or below their
 best, so model loading counts on both sides. With --repeat N both sides run N times, alternating,
-and the medians decide. Both runs' validation loss against time goes into one picture (--plot).
+and the medians decide. Raw mlx-lm's side is seeded and deterministic in its losses (only its
+timing varies), and it is the long one (200 iterations are ~40 minutes on a 2-core CPU); with
+--theirs-from RECORD a previous invocation's raw runs (its --out/--json record) stand in for new
+ones, refused unless the model, the data (train/valid's SHA-256) and raw's settings are the same. Both runs' validation loss against time goes into one picture (--plot).
 
     python bench/time_to_quality.py --model ~/.cache/mlx-partner/models/smollm2-135m-instruct --workspace . --repeat 3
     python bench/time_to_quality.py --model /tmp/tiny --workspace /tmp/ws --their-iters 8 --ours "--iters 8" \\
@@ -24,6 +27,7 @@ The learning rate default was chosen with this data and SmolLM2-135M; see train/
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -44,6 +48,7 @@ from raw_mlx_lm import Run, fast_env, float32_copy, plain_env, run_ours, run_raw
 TIME_TARGET = 0.5  # ours reaches raw's best in at most half its time
 LOSS_TARGET = 0.0  # and our own best is no worse than raw's
 RESULTS = Path(__file__).resolve().parent / "results"
+RAW_SETTINGS = ("their_iters", "their_eval_every", "their_patience")  # what makes raw's run what it was
 
 
 # --- the numbers (pure) ---------------------------------------------------------------------------
@@ -59,6 +64,31 @@ def one_round(theirs: Run, ours: Run) -> dict[str, Any]:
     """One repeat: the target is raw mlx-lm's best in this round; both sides timed to it."""
     target = theirs.best_val
     return {"target_val_loss": target, "theirs": side(theirs, target), "ours": side(ours, target)}
+
+
+def data_digest(data: Path) -> str:
+    """SHA-256 of train.jsonl and valid.jsonl: what a recorded raw run must have trained on."""
+    h = hashlib.sha256()
+    for name in ("train.jsonl", "valid.jsonl"):
+        h.update((data / name).read_bytes())
+    return h.hexdigest()
+
+
+def recorded_theirs(record: dict[str, Any], model: str, digest: str, settings: dict[str, Any]) -> list[Run]:
+    """Raw mlx-lm's runs from a previous record, if they were made of the same model, data and
+    settings; otherwise SystemExit saying which differs."""
+    want = {"model": model, "data_sha256": digest, **{k: settings[k] for k in RAW_SETTINGS}}
+    have = {"model": record.get("model"), "data_sha256": record.get("data_sha256"),
+            **{k: record.get("settings", {}).get(k) for k in RAW_SETTINGS}}
+    differ = [k for k in want if want[k] != have[k]]
+    if differ:
+        raise SystemExit(f"--theirs-from: the record's {', '.join(differ)} differ from this run's "
+                         f"({', '.join(f'{have[k]} vs {want[k]}' for k in differ)}); run raw mlx-lm again.")
+    runs = [Run(f"theirs (recorded {record.get('time', '?')})", r["theirs"]["wall_s"], valid=r["theirs"]["valid"],
+                stopped=r["theirs"]["stopped"], iterations=r["theirs"]["iterations"]) for r in record.get("rounds", [])]
+    if not runs:
+        raise SystemExit("--theirs-from: the record holds no rounds.")
+    return runs
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -90,9 +120,11 @@ def num(x: float | None, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def summary_lines(v: dict[str, Any], rounds: int, ours_flags: str) -> list[str]:
-    """What the arbiter says, in a few lines."""
+def summary_lines(v: dict[str, Any], rounds: int, ours_flags: str, recorded: int = 0) -> list[str]:
+    """What the arbiter says, in a few lines; `recorded`: how many raw runs came from a record."""
     of = f"median of {rounds}" if rounds > 1 else "one run each"
+    if recorded:
+        of = f"{recorded} recorded raw run{'s' if recorded > 1 else ''}; ours {'median of ' + str(rounds) if rounds > 1 else 'one run'}"
     lines = [f"raw mlx-lm defaults: best val loss {num(v['theirs_best'], '.3f')}, first reached in "
              f"{num(v['theirs_s'], '.1f')}s ({of})",
              f"mlx-partner train{' ' + ours_flags if ours_flags else ''}: best val loss {num(v['ours_best'], '.3f')}, "
@@ -172,6 +204,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--their-patience", type=int, default=3,
                    help="Stop raw mlx-lm once this many validations in a row have not beaten its best (0 = run all iterations).")
     p.add_argument("--ours", default="", help="Extra flags for `mlx-partner train`, e.g. \"--epochs 2\".")
+    p.add_argument("--theirs-from", type=Path,
+                   help="A previous record (--out/--json) whose raw mlx-lm runs stand in for new ones (same model, data, settings).")
     p.add_argument("--repeat", type=int, default=1, help="Run both sides this many times; medians decide.")
     p.add_argument("--plot", type=Path, default=RESULTS / "time_to_quality.png", help="The loss curves' PNG.")
     p.add_argument("--out", type=Path, help="Append the JSON record to this file (one line per invocation).")
@@ -192,9 +226,15 @@ def main() -> None:
     rounds = []
     try:
         config = raw_config(float32_copy(model, work), ws / "data", a)
+        digest = data_digest(ws / "data")
+        settings = {"their_iters": a.their_iters, "their_eval_every": config["steps_per_eval"],
+                    "their_patience": a.their_patience, "ours": a.ours, "repeat": a.repeat}
+        recorded = (recorded_theirs(json.loads(a.theirs_from.read_text().splitlines()[-1]), str(model), digest, settings)
+                    if a.theirs_from else [])
         ours_env = {k: v for k, v in plain_env().items() if k != "MLX_PARTNER_FAST_BLAS"}
         for i in range(a.repeat):
-            theirs = run_raw("theirs", config, fast_env() or plain_env(), work, a.timeout)
+            theirs = (recorded[i % len(recorded)] if recorded
+                      else run_raw("theirs", config, fast_env() or plain_env(), work, a.timeout))
             ours = run_ours("ours", ws, ["--base-model", str(model), *shlex.split(a.ours)], ours_env, a.timeout)
             r = one_round(theirs, ours)
             rounds.append(r)
@@ -205,12 +245,11 @@ def main() -> None:
     v = verdict(rounds)
     plot_curves(a.plot, rounds, v["theirs_best"])
     say(f"model {model.name}:")
-    for line in summary_lines(v, a.repeat, a.ours):
+    for line in summary_lines(v, a.repeat, a.ours, len(recorded)):
         say(line)
     say(f"loss curves: {a.plot}")
-    record = {"model": str(model), "workspace": str(a.workspace.expanduser().resolve()),
-              "settings": {"their_iters": a.their_iters, "their_eval_every": config["steps_per_eval"],
-                           "their_patience": a.their_patience, "ours": a.ours, "repeat": a.repeat},
+    record = {"model": str(model), "workspace": str(a.workspace.expanduser().resolve()), "data_sha256": digest,
+              "settings": settings, "theirs_from": str(a.theirs_from) if a.theirs_from else None,
               "targets": {"ratio": TIME_TARGET, "difference": LOSS_TARGET},
               **v, "rounds": rounds, "plot": str(a.plot),
               "load_average": os.getloadavg()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

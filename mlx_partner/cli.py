@@ -770,7 +770,9 @@ def retrain(app: App, continue_: bool, force: bool, dry_run: bool, no_generate: 
     if dry_run:
         changes = pending_changes(ws, app.settings, flags, generate=not no_generate)
         if not changes.anything:
-            click.echo(f"Nothing changed since run {changes.latest_run or '(none yet)'}.")
+            since = changes.latest_run or "(none yet)"
+            click.echo(f"Nothing to retrain on since run {since} (the document changes below wait for a retrain "
+                       f"without --no-generate)." if changes.not_generated else f"Nothing changed since run {since}.")
         for reason in changes.reasons:
             click.echo(f"Changed: {reason}.")
         for skipped in changes.not_generated:
@@ -780,8 +782,15 @@ def retrain(app: App, continue_: bool, force: bool, dry_run: bool, no_generate: 
                          limit=limit, max_tokens=max_tokens, progress=not quiet, train_flags=flags,
                          generate=not no_generate, echo=lambda line: click.echo(line, err=True))
     if result.skipped:
-        click.echo(f"Nothing changed since run {result.old_run}: no new or changed documents, nothing to generate, "
-                   f"and the dataset is the one it was trained on. Nothing was done (use --force to retrain anyway).")
+        if result.changes.not_generated:  # --no-generate: document changes are waiting, not absent
+            click.echo(f"Nothing to retrain on since run {result.old_run}: no new pairs or corrections, and the "
+                       f"dataset is the one it was trained on; the document changes "
+                       f"({'; '.join(result.changes.not_generated)}) wait for a retrain without --no-generate. "
+                       f"Nothing was done (use --force to retrain anyway).")
+        else:
+            click.echo(f"Nothing changed since run {result.old_run}: no new or changed documents, nothing to "
+                       f"generate, and the dataset is the one it was trained on. Nothing was done "
+                       f"(use --force to retrain anyway).")
         return
     for note in result.notes:
         click.echo(f"Note: {note}", err=True)

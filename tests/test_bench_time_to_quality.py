@@ -118,3 +118,28 @@ def test_raw_mlx_lm_stops_at_a_plateau(tiny_model, tmp_path):
     assert r.stopped == "plateau at iteration 5" and r.iterations == 5
     assert [v["iteration"] for v in r.valid] == [0, 1, 3, 5]  # validated at steps 1, 2, 4, 6 (before each)
     assert all(math.isfinite(v["val_loss"]) for v in r.valid)
+
+
+def test_recorded_raw_runs_stand_in_only_for_the_same_model_data_and_settings(tmp_path):
+    from time_to_quality import data_digest, recorded_theirs
+
+    (tmp_path / "train.jsonl").write_text('{"messages": []}\n')
+    (tmp_path / "valid.jsonl").write_text('{"messages": [1]}\n')
+    digest = data_digest(tmp_path)
+    settings = {"their_iters": 200, "their_eval_every": 10, "their_patience": 3, "ours": "", "repeat": 3}
+    record = {"model": "/m", "data_sha256": digest, "settings": {**settings, "repeat": 1}, "time": "T",
+              "rounds": [one_round(THEIRS, THEIRS)]}
+    [theirs] = recorded_theirs(json.loads(json.dumps(record)), "/m", digest, settings)
+    assert theirs.best_val == THEIRS.best_val and theirs.first_reaching(2.6) == 90.0 and theirs.wall_s == THEIRS.wall_s
+    (tmp_path / "valid.jsonl").write_text('{"messages": [2]}\n')
+    with pytest.raises(SystemExit, match="data_sha256"):
+        recorded_theirs(record, "/m", data_digest(tmp_path), settings)
+    with pytest.raises(SystemExit, match="their_patience"):
+        recorded_theirs(record, "/m", digest, {**settings, "their_patience": 0})
+    with pytest.raises(SystemExit, match="model"):
+        recorded_theirs(record, "/other", digest, settings)
+
+
+def test_summary_says_when_raws_side_was_recorded():
+    v = verdict([one_round(THEIRS, THEIRS)] * 3)
+    assert "1 recorded raw run; ours median of 3" in summary_lines(v, 3, "", recorded=1)[0]

@@ -217,4 +217,10 @@ def test_no_generate_retrains_on_corrections_where_documents_were_never_generate
     assert result.exit_code == 0, result.output
     assert len(runs(ws)) == 2 and not (ws / "data" / "pairs").exists()  # nothing was generated
     assert "Time, mostly." in (ws / "data" / "train.jsonl").read_text()
-    assert "Nothing changed" in invoke(ws, "retrain", "--dry-run", "--no-generate").output
+    again = invoke(ws, "retrain", "--dry-run", "--no-generate").output
+    assert "Nothing to retrain on since run" in again and "wait for a retrain without --no-generate" in again
+    assert "Nothing changed" not in again  # the documents did change; they were not generated
+    done = invoke(ws, "retrain", "--no-generate", *EVAL)
+    assert done.exit_code == 0 and len(runs(ws)) == 2, done.output
+    assert "Nothing to retrain on since run" in done.output and "documents:" in done.output
+    assert "no new or changed documents" not in done.output
