@@ -13,6 +13,7 @@ Output goes to files, not pipes, so a killed or chatty child can never block on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -79,6 +81,24 @@ class Result:
         return f"$ mlx-partner {' '.join(self.args)}  -> exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
 
+@contextlib.contextmanager
+def sigint_as_a_terminal_gives_it():
+    """Children started inside see SIGINT at its default, as under a terminal, even when the suite
+    itself runs with SIGINT ignored (a non-interactive shell's `pytest &` does that, and an ignored
+    SIGINT stays ignored across exec, so Python never turns it into KeyboardInterrupt: the Ctrl-C
+    test then hangs). A caught signal resets to the default at exec, so catching it here is enough;
+    no preexec_fn (unsafe beside the fake server's threads)."""
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        yield
+
+
 class Running:
     """A CLI subprocess whose output goes to files (read back with `.result()`)."""
 
@@ -87,7 +107,7 @@ class Running:
         logs.mkdir(parents=True, exist_ok=True)
         stamp = f"{time.monotonic_ns()}"
         self.out_path, self.err_path = logs / f"{stamp}.out", logs / f"{stamp}.err"
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err, sigint_as_a_terminal_gives_it():
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mlx_partner", "-w", str(ws), *args],
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=str(ws.parent),
