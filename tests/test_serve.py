@@ -135,29 +135,23 @@ def test_a_clients_system_message_still_wins(fused_ws):
 def test_ctrl_c_stops_it_cleanly(fused_ws, tmp_path):
     """SIGINT, as Ctrl-C sends it: "Stopped.", exit 0 (mlx-lm's own server aborts here, exit -6)."""
     import signal
-    import subprocess
-    import sys
 
     port = free_port()
-    out, err = tmp_path / "out", tmp_path / "err"
-    with out.open("w") as o, err.open("w") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "mlx_partner", "-w", str(fused_ws), "serve", "--port", str(port)],
-                                stdout=o, stderr=e, env=cli_env(None, key=None),
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_cli(["serve", "--port", str(port)], fused_ws, cli_env(None, key=None), logs=tmp_path / "logs")
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.alive():
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
                 break
             except OSError:
                 time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0, err.read_text()[-2000:]
+        os.kill(proc.pid, signal.SIGINT)
+        result = proc.wait(30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert err.read_text().rstrip().endswith("Stopped.")
+        proc.kill()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.rstrip().endswith("Stopped.")
 
 
 def test_port_in_use_is_one_line(fused_ws):
