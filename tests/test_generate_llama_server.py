@@ -59,13 +59,12 @@ def wait_until_up(proc: subprocess.Popen, url: str, log: Path, seconds: float = 
 
 
 def test_generate_against_a_real_llama_server_with_no_key(tmp_path, demo_wheel, llama_server):
-    binary = llama_server
     gguf = smollm2_gguf(demo_wheel, tmp_path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "llama-server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([binary, "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1", "-c", "8192",
+        proc = subprocess.Popen([llama_server, "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1", "-c", "8192",
                                  "-t", "2", "--jinja"], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until_up(proc, url, log)
