@@ -13,6 +13,7 @@ every arrival. Nothing else changes: with the variable unset, `reached` returns 
 
 The points the product marks:
     generate-request        a Messages API request is about to be sent (it is in flight next)
+    generate-batch-sent     a message batch was sent and recorded in the ledger; not polled yet
     generate-batch-waiting  a message batch is still processing; about to poll it again
     dataset-split-written   one of train/valid/test.jsonl renamed into place (then the next)
     swap-moved-aside        fuse, models import: the old folder moved aside, the new one not in yet

@@ -247,7 +247,11 @@ class Hooks:
         return line_count(self.folder / name)
 
     def hold(self, name: str, arrival: int | None = None) -> None:
-        """Stop the process at `name` (only its `arrival`th time there, or every time)."""
+        """Stop the process at `name` (only its `arrival`th time there, or every time).
+
+        Set it before the process starts or while it is held somewhere else: a running process
+        counts its arrival before it looks for the hold, so a hold set in between holds it at an
+        arrival the test has already counted past."""
         (self.folder / f"{name}.hold").write_text("" if arrival is None else str(arrival))
 
     def release(self, name: str) -> None:

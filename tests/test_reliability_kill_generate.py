@@ -270,11 +270,18 @@ def test_killed_batch_api_run_collects_its_message_batch(tmp_path):
         kill_at(proc, hooks, "generate-batch-waiting")
         assert events("message_batch") == 1 and events("message_batch_done") == 0
 
-        hooks = Hooks(tmp_path / "hooks-2")  # collects the first batch, then is held polling the second
+        # Collects the first batch, then is held polling the second. The hold on that poll is set
+        # while the run is parked just after sending the second batch (before its first poll), so
+        # the poll count is settled when it is read: a hold set on a running process can be read
+        # by a poll that has already counted itself, and then nothing ever arrives to kill at.
+        hooks = Hooks(tmp_path / "hooks-2")
+        hooks.hold("generate-batch-sent", 1)  # this run's first send is the second batch
         proc = start_cli(BATCH_ARGS, ws, {**env, **hooks.env})
-        assert kill_when(proc, lambda: line_count(ledger) and events("message_batch") == 2, timeout=120, kill=False) == "running"
-        polled = hooks.count("generate-batch-waiting")
-        hooks.hold("generate-batch-waiting")  # its next poll of the second batch (which cannot end unpolled)
+        hooks.wait("generate-batch-sent", proc, timeout=120)
+        assert events("message_batch") == 2 and events("message_batch_done") == 1
+        polled = hooks.count("generate-batch-waiting")  # the first batch's polls, in this run
+        hooks.hold("generate-batch-waiting", polled + 1)  # the second batch's first poll (it cannot end unpolled)
+        hooks.release("generate-batch-sent")
         kill_at(proc, hooks, "generate-batch-waiting", polled + 1)
         assert events("message_batch_done") == 1, "killed while the second batch was processing"
         assert "Collecting message batch" in proc.result().stderr, str(proc.result())

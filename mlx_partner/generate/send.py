@@ -171,6 +171,7 @@ def send_message_batches(session: Session, client: Any, plans: list[BatchPlan]) 
                     "event": "message_batch", "id": batch.id, "time": utc_now(),
                     "keys": {cid: job.round.key for cid, job in by_id.items()},
                 }])
+                reached("generate-batch-sent")  # test-only handshake (testhooks.py): sent, recorded, not polled
             batch = _wait_until_ended(session, client, batch)
             results = sorted(client.messages.batches.results(batch.id), key=lambda item: item.custom_id)
         except anthropic.APIError as exc:
