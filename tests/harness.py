@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,3 +343,45 @@ def llama_server_or_skip(log: Path, timeout: float = 3600) -> str:
         last = (log.read_text(errors="replace").strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         pytest.skip(f"llama-server could not be built here with {BUILD_LLAMA_SERVER.name}: {last[:300]}")
     return built[0]
+
+
+class LlamaServer:
+    """A real llama-server on one GGUF, on 127.0.0.1, up (its /health says ok) when this returns;
+    output to `log`, which a failure quotes. `flags` go on its command line (context size, ...)."""
+
+    def __init__(self, binary: str, gguf: Path, log: Path, *flags: str, timeout: float = 120):
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = log
+        port = self.url.rsplit(":", 1)[1]
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", port,
+                                          "-t", "2", "--jinja", *flags], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"llama-server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if json.loads(self.get("/health")).get("status") == "ok":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"llama-server did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as r:
+            return r.read().decode()
+
+    def post(self, path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"{self.url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

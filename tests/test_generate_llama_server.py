@@ -9,29 +9,18 @@ demo wheel.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
-import urllib.request
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import (
-    cli_env,
-    free_port,
-    make_workspace,
-    run_cli,
-)
+from harness import LlamaServer, cli_env, make_workspace, run_cli
 
 from mlx_partner.grounding import check_pair
 from mlx_partner.sources.documents import load_documents
 from mlx_partner.workspace import read_jsonl
 
 pytestmark = pytest.mark.slow
-
-
 
 
 def smollm2_gguf(wheel: Path, into: Path) -> Path:
@@ -43,43 +32,21 @@ def smollm2_gguf(wheel: Path, into: Path) -> Path:
     return target
 
 
-def wait_until_up(proc: subprocess.Popen, url: str, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"llama-server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if json.loads(r.read()).get("status") == "ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"llama-server did not come up:\n{log.read_text()[-3000:]}")
-
-
 def test_generate_against_a_real_llama_server_with_no_key(tmp_path, demo_wheel, llama_server):
     gguf = smollm2_gguf(demo_wheel, tmp_path)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "llama-server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([llama_server, "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1", "-c", "8192",
-                                 "-t", "2", "--jinja"], stdout=out, stderr=subprocess.STDOUT)
+    server = LlamaServer(llama_server, gguf, tmp_path / "llama-server.log", "-c", "8192")
     try:
-        wait_until_up(proc, url, log)
         ws = make_workspace(tmp_path / "ws", ("bread/the-ugly-loaf.md", "bread/one-change-per-loaf.md"))
         # Replies of at most 512 tokens, no re-ask: a small model on a busy 2-core CPU writes 0.5-5 tokens/s.
-        env = cli_env(url, key=None, MLX_PARTNER_GENERATE_VALIDATION_RETRIES="0", MLX_PARTNER_GENERATE_MAX_TOKENS="512")
+        env = cli_env(server.url, key=None, MLX_PARTNER_GENERATE_VALIDATION_RETRIES="0", MLX_PARTNER_GENERATE_MAX_TOKENS="512")
         result = run_cli(["generate", "--pairs", "2", "--probes", "0", "--model", "smollm2"], ws, env, timeout=1800)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
     print(result.output)
     assert "No API key needed" in result.output and "Cost: local, $0." in result.output
     assert "Traceback" not in result.output
     ledger = [r for r in read_jsonl(ws / "data" / "ledger.jsonl")[0] if "key" in r]
-    assert ledger and all(r["cost_usd"] == 0 and r["generator"] == url for r in ledger)
+    assert ledger and all(r["cost_usd"] == 0 and r["generator"] == server.url for r in ledger)
     texts = {d.id: d.text for d in load_documents(ws / "sources")[0]}
     accepted = [p for f in sorted((ws / "data" / "pairs").glob("*.jsonl")) for p in read_jsonl(f)[0]]
     rejected = read_jsonl(ws / "data" / "rejected.jsonl")[0] if (ws / "data" / "rejected.jsonl").exists() else []

