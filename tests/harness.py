@@ -350,11 +350,11 @@ class LlamaServer:
     output to `log`, which a failure quotes. `flags` go on its command line (context size, ...)."""
 
     def __init__(self, binary: str, gguf: Path, log: Path, *flags: str, timeout: float = 120):
-        self.url = f"http://127.0.0.1:{free_port()}"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
         self.log = log
-        port = self.url.rsplit(":", 1)[1]
         with log.open("wb") as out:
-            self.proc = subprocess.Popen([binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", port,
+            self.proc = subprocess.Popen([binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
                                           "-t", "2", "--jinja", *flags], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
